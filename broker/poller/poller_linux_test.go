@@ -1,0 +1,213 @@
+//go:build linux
+
+package poller
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func sysfd(t testing.TB, c net.Conn) int {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatalf(
+			"syscall conn: %v",
+			err,
+		)
+	}
+	fd := -1
+	err = raw.Control(func(u uintptr) { fd = int(u) })
+	if err != nil {
+		t.Fatalf(
+			"control: %v",
+			err,
+		)
+	}
+	return fd
+}
+
+func slot(p *Poller, fd int) *Desc {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if fd >= len(p.table) {
+		return nil
+	}
+	return p.table[fd]
+}
+
+func TestAddReusedFd(t *testing.T) {
+	p := newPoller(t, Config{
+		Workers: 1,
+	})
+	ln := newListener(t)
+	_, serverA := tcpPair(t, ln)
+	var callsA atomic.Int32
+	dA, err := p.Add(serverA, func(d *Desc, ev Event) bool {
+		callsA.Add(1)
+		return true
+	})
+	if err != nil {
+		t.Fatalf(
+			"add A: %v",
+			err,
+		)
+	}
+	oldfd := dA.fd
+	// The caller's bug: closed without Remove.
+	serverA.Close()
+
+	// The kernel hands out the lowest free fd, so new sockets soon take
+	// oldfd.
+	var reused, peer net.Conn
+	for i := 0; i < 256 && reused == nil; i++ {
+		c, s := tcpPair(t, ln)
+		switch oldfd {
+		case sysfd(t, c):
+			reused, peer = c, s
+		case sysfd(t, s):
+			reused, peer = s, c
+		}
+	}
+	if reused == nil {
+		t.Fatalf(
+			"fd %d was not reused by 256 new connections",
+			oldfd,
+		)
+	}
+	got := make(chan byte, 1)
+	dB, err := p.Add(reused, func(d *Desc, ev Event) bool {
+		var b [1]byte
+		_, err := d.Conn().Read(b[:])
+		if err != nil {
+			return false
+		}
+		got <- b[0]
+		return true
+	})
+	if err != nil {
+		t.Fatalf(
+			"add B on reused fd %d: %v",
+			oldfd, err,
+		)
+	}
+	if dA.state.Load() != stateRemoved {
+		t.Fatalf(
+			"stale Desc state = %d; want removed (%d)",
+			dA.state.Load(), stateRemoved,
+		)
+	}
+	// A late Remove of the stale Desc must not touch the new one.
+	err = p.Remove(dA)
+	if err != nil {
+		t.Fatalf(
+			"Remove stale Desc: %v",
+			err,
+		)
+	}
+	if s := slot(p, oldfd); s != dB {
+		t.Fatalf(
+			"table[%d] = %p; want the new Desc %p",
+			oldfd, s, dB,
+		)
+	}
+	for _, b := range []byte{7, 8} {
+		write(t, peer, []byte{b})
+		if g := <-got; g != b {
+			t.Fatalf(
+				"new Desc read %d; want %d",
+				g, b,
+			)
+		}
+	}
+	if n := callsA.Load(); n != 0 {
+		t.Fatalf(
+			"stale handler called %d times; want 0",
+			n,
+		)
+	}
+}
+
+func TestCloseWithoutRemoveInHandler(t *testing.T) {
+	p := newPoller(t, Config{
+		Workers: 1,
+	})
+	ln := newListener(t)
+	client, server := tcpPair(t, ln)
+	d, err := p.Add(server, func(d *Desc, ev Event) bool {
+		d.Conn().Close()
+		// Asks for more, but the fd is gone: re-arming fails and the
+		// Desc is dropped.
+		return true
+	})
+	if err != nil {
+		t.Fatalf(
+			"add: %v",
+			err,
+		)
+	}
+	fd := d.fd
+	write(t, client, []byte{1})
+	checkFor(t, waitTotal, waitStep, func() error {
+		if d.state.Load() != stateRemoved {
+			return fmt.Errorf(
+				"state = %d; want removed (%d)",
+				d.state.Load(), stateRemoved,
+			)
+		}
+		if slot(p, fd) == d {
+			return fmt.Errorf(
+				"table[%d] still holds the Desc",
+				fd,
+			)
+		}
+		return nil
+	})
+}
+
+func TestAddTwice(t *testing.T) {
+	p := newPoller(t, Config{
+		Workers: 1,
+	})
+	ln := newListener(t)
+	client, server := tcpPair(t, ln)
+	got := make(chan byte, 1)
+	d, err := p.Add(server, func(d *Desc, ev Event) bool {
+		var b [1]byte
+		d.Conn().Read(b[:])
+		got <- b[0]
+		return true
+	})
+	if err != nil {
+		t.Fatalf(
+			"add: %v",
+			err,
+		)
+	}
+	_, err = p.Add(server, func(*Desc, Event) bool { return true })
+	if !errors.Is(err, unix.EEXIST) {
+		t.Fatalf(
+			"second Add of the same conn = %v; want %v",
+			err, unix.EEXIST,
+		)
+	}
+	if s := slot(p, d.fd); s != d {
+		t.Fatalf(
+			"table[%d] = %p; want the first Desc %p",
+			d.fd, s, d,
+		)
+	}
+	write(t, client, []byte{5})
+	if b := <-got; b != 5 {
+		t.Fatalf(
+			"read %d; want 5",
+			b,
+		)
+	}
+}
