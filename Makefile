@@ -1,0 +1,50 @@
+# wsbroker: `make run` starts the broker on its embedded defaults (--dev),
+# `make test` runs every test. Both work on a fresh Debian machine with Go;
+# `make deps` installs the system packages the tests need (run as root).
+GO       ?= go
+BIN      := .bin
+FUZZTIME ?= 10s
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run build test unit fuzz-short lint deps jaeger bench clean
+
+build:
+	$(GO) build -o $(BIN)/wsbroker ./cmd/wsbroker
+
+run: build
+	$(BIN)/wsbroker serve --dev --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-format text
+
+# deps installs what the end-to-end tests drive for real: promtool and
+# Prometheus, Chromium, and a Jaeger built from the module proxy.
+deps:
+	@if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus chromium; \
+	fi
+	$(MAKE) jaeger
+
+jaeger:
+	@if [ -x tools/jaeger/build.sh ]; then tools/jaeger/build.sh; fi
+
+test: deps unit fuzz-short
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Each fuzz target runs for FUZZTIME; a crasher fails the build and its
+# input lands in testdata/fuzz to become a regression test.
+fuzz-short:
+	@for t in $$($(GO) test -list '^Fuzz' ./authn/ | grep ^Fuzz); do \
+		echo "fuzz authn $$t"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./authn/ || exit 1; \
+	done
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN) data

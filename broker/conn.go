@@ -1,0 +1,554 @@
+package broker
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/broker/poller"
+	"github.com/wsbroker/wsbroker/telemetry"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+)
+
+// Close codes of the broker beyond RFC 6455's (4000-4999 is private use).
+const (
+	// CloseTokenExpired closes a connection whose token expired unrefreshed.
+	CloseTokenExpired ws.StatusCode = 4001
+	// CloseSlowConsumer closes a connection whose send queue overflowed.
+	CloseSlowConsumer ws.StatusCode = 4008
+	// CloseIdle closes a connection silent for longer than the idle timeout.
+	CloseIdle ws.StatusCode = 4000
+)
+
+// Conn is one accepted WebSocket connection. While idle it holds no
+// goroutine and no read buffer: the poller calls onReadable when bytes
+// arrive, and frames are written by the shared writer pool.
+type Conn struct {
+	s      *Server
+	id     uint64
+	nc     net.Conn
+	desc   *poller.Desc
+	opened time.Time
+
+	subject  string
+	source   authn.Source
+	protocol bool
+	// blocking is set when the connection has a reader goroutine of its own
+	// (not an epoll socket: TLS, in-memory); its reads then wait for data.
+	blocking bool
+
+	// mu guards the fields below it.
+	mu      sync.Mutex
+	expiry  time.Time
+	expTmr  *time.Timer
+	perms   permissions
+	subs    map[string]struct{}
+	queue   [][]byte
+	writing bool
+	closed  bool
+	// frag collects a fragmented message; nil between messages.
+	frag     []byte
+	fragOp   ws.OpCode
+	lastRead atomic.Int64 // unix nanoseconds
+	pinged   atomic.Bool
+
+	// wmu serializes writes to nc (flushes and control frames).
+	wmu     sync.Mutex
+	hdr     [14]byte
+	msgsIn  atomic.Uint64
+	msgsOut atomic.Uint64
+}
+
+// open registers the connection of an accepted handshake and starts
+// watching it.
+func (s *Server) open(h *handshake) {
+	c := &Conn{
+		s:        s,
+		id:       s.connSeq.Add(1),
+		nc:       h.conn,
+		opened:   s.now(),
+		subject:  h.principal.Subject,
+		source:   h.source,
+		protocol: h.selected,
+		expiry:   h.principal.ExpiresAt,
+	}
+	c.lastRead.Store(c.opened.UnixNano())
+	c.perms = s.permissionsOf(&h.principal)
+	e := s.getEvent()
+	e.Type = event.TypeConnectionOpened
+	e.Reason, e.Source, e.Status = authn.ReasonNone, h.source, 101
+	e.RemoteIP = h.remote
+	e.ConnID, e.Subject = c.id, c.subject
+	if c.protocol {
+		e.Subprotocol = authn.Protocol
+	}
+	e.TokenExpiry = c.expiry
+	e.Duration = s.now().Sub(h.start)
+	s.fillTrace(e, h.span)
+	h.endSpan(101)
+
+	s.mu.Lock()
+	if s.closing || len(s.conns) >= s.cfg.MaxConns ||
+		s.cfg.MaxConnsPerSubject > 0 && s.bySubject[c.subject] >= s.cfg.MaxConnsPerSubject {
+		// Lost a race with shutdown or a limit between authentication and
+		// registration: refuse after the fact.
+		closing := s.closing
+		s.mu.Unlock()
+		s.putEvent(e)
+		code, reason := ws.StatusCode(1013), "connection_limit"
+		if closing {
+			code, reason = ws.StatusGoingAway, "server shutting down"
+		}
+		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason)))
+		c.nc.Close()
+		return
+	}
+	s.conns[c.id] = c
+	s.bySubject[c.subject]++
+	s.connWG.Add(1)
+	s.mu.Unlock()
+
+	s.emit(h.ctx, e)
+	s.putEvent(e)
+	c.armExpiry()
+	d, err := s.poller.Add(c.nc, c.onReadable)
+	if errors.Is(err, poller.ErrUnsupportedConn) {
+		// Not a socket epoll can watch (e.g. a TLS or in-memory conn).
+		c.blocking = true
+		d, err = s.poller.AddBlocking(c.nc, c.onReadable)
+	}
+	if err != nil {
+		c.close(event.CloseServerShutdown, ws.StatusGoingAway, "server shutting down")
+		return
+	}
+	c.mu.Lock()
+	c.desc = d
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		_ = s.poller.Remove(d)
+	}
+}
+
+// reserve checks the connection limits before the upgrade completes.
+func (s *Server) admit(subject string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) >= s.cfg.MaxConns {
+		return false
+	}
+	return s.cfg.MaxConnsPerSubject <= 0 || s.bySubject[subject] < s.cfg.MaxConnsPerSubject
+}
+
+// armExpiry schedules the token_expired close at exp + leeway.
+func (c *Conn) armExpiry() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.expiry.IsZero() || c.closed {
+		return
+	}
+	d := c.expiry.Add(c.s.cfg.ExpiryLeeway).Sub(c.s.now())
+	if c.expTmr != nil {
+		c.expTmr.Reset(d)
+		return
+	}
+	c.expTmr = time.AfterFunc(d, c.expired)
+}
+
+func (c *Conn) expired() {
+	c.mu.Lock()
+	due := c.expiry.Add(c.s.cfg.ExpiryLeeway)
+	c.mu.Unlock()
+	if c.s.now().Before(due) {
+		// Refreshed meanwhile: the timer was reset, this run is stale.
+		return
+	}
+	c.close(event.CloseTokenExpired, CloseTokenExpired, "token_expired")
+}
+
+// frameReadTimeout bounds reading the rest of a frame once its first byte
+// arrived: a peer that sends half a frame cannot hold a worker.
+const frameReadTimeout = 5 * time.Second
+
+// payloadPool holds read buffers; a buffer is only held while a frame is
+// being handled.
+var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// onReadable reads and handles one frame (poller handler).
+func (c *Conn) onReadable(_ *poller.Desc, _ poller.Event) bool {
+	if c.blocking {
+		// Wait for the next frame as long as the idle timeout allows; the
+		// sweep closes the connection when it passes.
+		_ = c.nc.SetReadDeadline(time.Time{})
+	} else {
+		_ = c.nc.SetReadDeadline(c.s.now().Add(frameReadTimeout))
+	}
+	hdr, err := c.readHeader()
+	if c.blocking {
+		_ = c.nc.SetReadDeadline(c.s.now().Add(frameReadTimeout))
+	}
+	if err != nil {
+		c.readFailed(err)
+		return false
+	}
+	c.lastRead.Store(c.s.now().UnixNano())
+	c.pinged.Store(false)
+	if hdr.Length > int64(c.s.cfg.MaxMessageSize) || int64(len(c.frag))+hdr.Length > int64(c.s.cfg.MaxMessageSize) {
+		c.close(event.CloseMessageTooLarge, ws.StatusMessageTooBig, "message_too_large")
+		return false
+	}
+	if !hdr.Masked || hdr.Rsv != 0 {
+		c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error: unmasked or reserved bits")
+		return false
+	}
+	bp := payloadPool.Get().(*[]byte)
+	defer payloadPool.Put(bp)
+	if int64(cap(*bp)) < hdr.Length {
+		*bp = make([]byte, 0, hdr.Length)
+	}
+	payload := (*bp)[:hdr.Length]
+	if _, err := io.ReadFull(c.nc, payload); err != nil {
+		c.readFailed(err)
+		return false
+	}
+	ws.Cipher(payload, hdr.Mask, 0)
+	return c.handleFrame(hdr, payload)
+}
+
+// readHeader parses a frame header straight from the socket into c.hdr
+// (gobwas/ws's ReadHeader allocates its buffer per call).
+func (c *Conn) readHeader() (ws.Header, error) {
+	var h ws.Header
+	b := c.hdr[:2]
+	if _, err := io.ReadFull(c.nc, b); err != nil {
+		return h, err
+	}
+	h.Fin = b[0]&0x80 != 0
+	h.Rsv = (b[0] & 0x70) >> 4
+	h.OpCode = ws.OpCode(b[0] & 0x0f)
+	h.Masked = b[1]&0x80 != 0
+	n := int64(b[1] & 0x7f)
+	extra := 0
+	switch n {
+	case 126:
+		extra = 2
+	case 127:
+		extra = 8
+	}
+	if h.Masked {
+		extra += 4
+	}
+	if extra > 0 {
+		x := c.hdr[2 : 2+extra]
+		if _, err := io.ReadFull(c.nc, x); err != nil {
+			return h, err
+		}
+		switch n {
+		case 126:
+			n = int64(binary.BigEndian.Uint16(x))
+			x = x[2:]
+		case 127:
+			u := binary.BigEndian.Uint64(x)
+			if u > 1<<62 {
+				return h, ws.ErrHeaderLengthUnexpected
+			}
+			n = int64(u)
+			x = x[8:]
+		}
+		if h.Masked {
+			copy(h.Mask[:], x)
+		}
+	}
+	h.Length = n
+	return h, nil
+}
+
+func (c *Conn) readFailed(err error) {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		c.close(event.CloseClientClosed, ws.StatusNoStatusRcvd, "")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.close(event.CloseReadError, ws.StatusPolicyViolation, "read_error: frame not completed in time")
+	case errors.Is(err, ws.ErrHeaderLengthUnexpected):
+		c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error")
+	default:
+		c.close(event.CloseReadError, ws.StatusAbnormalClosure, "")
+	}
+}
+
+// handleFrame acts on one unmasked frame; it returns whether to keep
+// reading.
+func (c *Conn) handleFrame(h ws.Header, p []byte) bool {
+	switch h.OpCode {
+	case ws.OpPing:
+		if !h.Fin || len(p) > 125 {
+			c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error")
+			return false
+		}
+		c.writeControl(ws.OpPong, p)
+		return true
+	case ws.OpPong:
+		return true
+	case ws.OpClose:
+		code, _ := ws.ParseCloseFrameData(p)
+		if code == 0 {
+			code = ws.StatusNormalClosure
+		}
+		c.close(event.CloseClientClosed, code, "")
+		return false
+	case ws.OpText, ws.OpBinary:
+		if c.frag != nil {
+			c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error: new message inside a fragmented one")
+			return false
+		}
+		if !h.Fin {
+			c.frag = append(make([]byte, 0, len(p)*2), p...)
+			c.fragOp = h.OpCode
+			return true
+		}
+		c.message(h.OpCode, p)
+	case ws.OpContinuation:
+		if c.frag == nil {
+			c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error: continuation without a message")
+			return false
+		}
+		c.frag = append(c.frag, p...)
+		if !h.Fin {
+			return true
+		}
+		msg, op := c.frag, c.fragOp
+		c.frag = nil
+		c.message(op, msg)
+	default:
+		c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error: unknown opcode")
+		return false
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	return !closed
+}
+
+// message handles a complete data message.
+func (c *Conn) message(op ws.OpCode, p []byte) {
+	c.msgsIn.Add(1)
+	c.s.metrics.Message(telemetry.In, len(p))
+	if op != ws.OpText {
+		c.sendError(nil, 400, "bad_request", "wsbroker.v1 messages are JSON text frames")
+		return
+	}
+	c.s.handleMessage(c, p)
+}
+
+// writeControl writes a control frame at once (pongs and closes skip the
+// data queue).
+func (c *Conn) writeControl(op ws.OpCode, p []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	var hdr [2]byte
+	hdr[0] = 0x80 | byte(op)
+	hdr[1] = byte(len(p))
+	_ = c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.WriteTimeout))
+	bufs := net.Buffers{hdr[:], p}
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		go c.close(event.CloseWriteError, ws.StatusAbnormalClosure, "")
+	}
+}
+
+// send queues an encoded frame; a full queue closes the connection as a
+// slow consumer. It never blocks.
+func (c *Conn) send(frame []byte) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.s.cfg.SendQueue {
+		c.mu.Unlock()
+		c.s.metrics.Dropped(telemetry.DropSlowConsumer)
+		go c.close(event.CloseSlowConsumer, CloseSlowConsumer, "slow_consumer")
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	schedule := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if schedule {
+		c.s.writers.schedule(c)
+	}
+	return true
+}
+
+// flush writes the queued frames (writer pool).
+func (c *Conn) flush() {
+	for {
+		c.mu.Lock()
+		batch := c.queue
+		c.queue = nil
+		if len(batch) == 0 || c.closed {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		c.wmu.Lock()
+		_ = c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.WriteTimeout))
+		n := 0
+		for _, f := range batch {
+			n += len(f)
+		}
+		bufs := net.Buffers(batch)
+		_, err := bufs.WriteTo(c.nc)
+		c.wmu.Unlock()
+		if err != nil {
+			c.mu.Lock()
+			c.writing = false
+			c.mu.Unlock()
+			c.close(event.CloseWriteError, ws.StatusAbnormalClosure, "")
+			return
+		}
+		c.msgsOut.Add(uint64(len(batch)))
+	}
+}
+
+// close ends the connection once: it stops watching the socket, leaves every
+// channel, writes a close frame (best effort), closes the socket and emits
+// connection.closed.
+func (c *Conn) close(reason event.CloseReason, code ws.StatusCode, text string) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.queue = nil
+	if c.expTmr != nil {
+		c.expTmr.Stop()
+	}
+	subs := c.subs
+	c.subs = nil
+	d := c.desc
+	c.mu.Unlock()
+	if d != nil {
+		_ = c.s.poller.Remove(d)
+	}
+	for ch := range subs {
+		c.s.hub.unsubscribe(c, ch, false)
+	}
+	// Abort a flush stuck on a slow peer, then write the close frame.
+	_ = c.nc.SetWriteDeadline(c.s.now())
+	c.wmu.Lock()
+	if reason != event.CloseClientClosed || code != ws.StatusNoStatusRcvd {
+		_ = c.nc.SetWriteDeadline(c.s.now().Add(time.Second))
+		if code == ws.StatusNoStatusRcvd || code == ws.StatusAbnormalClosure {
+			code, text = ws.StatusNormalClosure, ""
+		}
+		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, text)))
+	}
+	c.wmu.Unlock()
+	c.nc.Close()
+
+	s := c.s
+	s.mu.Lock()
+	delete(s.conns, c.id)
+	if n := s.bySubject[c.subject] - 1; n > 0 {
+		s.bySubject[c.subject] = n
+	} else {
+		delete(s.bySubject, c.subject)
+	}
+	s.mu.Unlock()
+
+	e := s.getEvent()
+	e.Type = event.TypeConnectionClosed
+	e.ConnID, e.Subject, e.Source = c.id, c.subject, c.source
+	e.CloseReason, e.CloseCode = reason, uint16(code)
+	e.Duration = s.now().Sub(c.opened)
+	e.MsgsIn, e.MsgsOut = c.msgsIn.Load(), c.msgsOut.Load()
+	s.emit(context.Background(), e)
+	s.putEvent(e)
+	s.connWG.Done()
+}
+
+// sweep pings quiet connections and closes idle ones.
+func (s *Server) sweep() {
+	defer s.wg.Done()
+	tick := min(s.cfg.PingInterval/2, time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var batch []*Conn
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		batch = batch[:0]
+		s.mu.Lock()
+		for _, c := range s.conns {
+			batch = append(batch, c)
+		}
+		s.mu.Unlock()
+		for _, c := range batch {
+			quiet := now.Sub(time.Unix(0, c.lastRead.Load()))
+			switch {
+			case quiet >= s.cfg.IdleTimeout:
+				c.close(event.CloseIdleTimeout, CloseIdle, "idle_timeout")
+			case quiet >= s.cfg.PingInterval && !c.pinged.Load():
+				c.pinged.Store(true)
+				c.writeControl(ws.OpPing, nil)
+			}
+		}
+	}
+}
+
+// writerPool runs flushes on a bounded set of goroutines.
+type writerPool struct {
+	tasks chan *Conn
+	done  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+func newWriterPool(n int) *writerPool {
+	if n <= 0 {
+		n = 8
+	}
+	p := &writerPool{tasks: make(chan *Conn, 4096), done: make(chan struct{})}
+	for range n {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for {
+				select {
+				case c := <-p.tasks:
+					c.flush()
+				case <-p.done:
+					return
+				}
+			}
+		}()
+	}
+	return p
+}
+
+func (p *writerPool) schedule(c *Conn) {
+	select {
+	case p.tasks <- c:
+	case <-p.done:
+	}
+}
+
+func (p *writerPool) close() {
+	p.once.Do(func() { close(p.done) })
+	p.wg.Wait()
+}

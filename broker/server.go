@@ -1,0 +1,483 @@
+// Package broker moves bytes and holds connections: the raw TCP listener,
+// the gobwas/ws upgrade with authentication in its callbacks, the epoll
+// poller that reads only ready sockets, connections and their lifecycle, and
+// channels with fan-out. Every outcome becomes one event (package event)
+// handed to the configured sinks.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/broker/poller"
+	"github.com/wsbroker/wsbroker/telemetry"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+	"github.com/wsbroker/wsbroker/telemetry/redact"
+)
+
+// Deps are the collaborators a Server is given; none is global.
+type Deps struct {
+	Extractor *authn.Extractor
+	Verifier  *authn.Verifier
+	Origins   *authn.Origins
+	Metrics   *telemetry.Metrics
+	// Sink receives every event (metrics, log, event log...).
+	Sink event.Sink
+	// Tracer traces upgrades; nil means no tracing.
+	Tracer trace.Tracer
+	// Keeps reports whether a trace will be exported (failed says whether
+	// the upgrade failed); only kept traces become exemplars. Nil keeps all.
+	Keeps func(sc trace.SpanContext, failed bool) bool
+	Logger *slog.Logger
+	// Redactor masks the configured query parameter, among others.
+	Redactor *redact.Redactor
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Epoch distinguishes this run of the node from earlier ones.
+	Epoch uint64
+}
+
+// Server accepts WebSocket upgrades and serves the connections.
+type Server struct {
+	cfg      Config
+	ex       *authn.Extractor
+	ver      *authn.Verifier
+	origins  *authn.Origins
+	metrics  *telemetry.Metrics
+	sink     event.Sink
+	tracer   trace.Tracer
+	keeps    func(trace.SpanContext, bool) bool
+	tracing  bool
+	log      *slog.Logger
+	redactor *redact.Redactor
+	now      func() time.Time
+	epoch    uint64
+
+	seq      atomic.Uint64 // request ids
+	evSeq    atomic.Uint64 // event sequence
+	connSeq  atomic.Uint64
+	failures *failureLimiter
+
+	hsPool  sync.Pool
+	evPool  sync.Pool
+	hsSlots chan struct{}
+
+	poller  *poller.Poller
+	writers *writerPool
+	hub     *hub
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[uint64]*Conn
+	bySubject map[string]int
+	closing   bool
+	wg        sync.WaitGroup // accept loops and handshakes
+	connWG    sync.WaitGroup // open connections
+	stop      chan struct{}
+	stopOnce  sync.Once
+}
+
+// New validates cfg and returns a Server. Call Close to release it.
+func New(cfg Config, d Deps) (*Server, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	if d.Extractor == nil || d.Verifier == nil || d.Metrics == nil {
+		return nil, errors.New("broker: Extractor, Verifier and Metrics are required")
+	}
+	if d.Extractor.Enabled(authn.SourceCookie) && d.Origins.Empty() {
+		return nil, errors.New("token-sources: the cookie source needs --allowed-origins (a cookie alone would let any site open a connection as the user)")
+	}
+	s := &Server{
+		cfg:       cfg,
+		ex:        d.Extractor,
+		ver:       d.Verifier,
+		origins:   d.Origins,
+		metrics:   d.Metrics,
+		sink:      d.Sink,
+		tracer:    d.Tracer,
+		keeps:     d.Keeps,
+		log:       d.Logger,
+		redactor:  d.Redactor,
+		now:       d.Now,
+		epoch:     d.Epoch,
+		hsSlots:   make(chan struct{}, cfg.MaxHandshakes),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[uint64]*Conn{},
+		bySubject: map[string]int{},
+		stop:      make(chan struct{}),
+	}
+	if s.sink == nil {
+		s.sink = event.Sinks{}
+	}
+	if s.tracer == nil {
+		s.tracer = noop.NewTracerProvider().Tracer("")
+	} else {
+		s.tracing = true
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.redactor == nil {
+		s.redactor = redact.New()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.failures = newFailureLimiter(cfg.FailureBurst, cfg.FailureRate)
+	s.hsPool.New = func() any { return newHandshake(s) }
+	s.evPool.New = func() any { return new(event.Event) }
+	p, err := poller.New(poller.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	s.poller = p
+	s.writers = newWriterPool(0)
+	s.hub = newHub(s)
+	s.wg.Add(1)
+	go s.sweep()
+	return s, nil
+}
+
+// Config returns the effective configuration.
+func (s *Server) Config() Config { return s.cfg }
+
+// emit stamps e and hands it to the sinks.
+func (s *Server) emit(ctx context.Context, e *event.Event) {
+	e.Node, e.Epoch = s.cfg.Node, s.epoch
+	e.Seq = s.evSeq.Add(1)
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	s.sink.Observe(ctx, e)
+}
+
+func (s *Server) getEvent() *event.Event { return s.evPool.Get().(*event.Event) }
+
+func (s *Server) putEvent(e *event.Event) {
+	e.Reset()
+	s.evPool.Put(e)
+}
+
+// Serve accepts connections on ln until Close. It returns nil after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return errors.New("broker: serve after close")
+	}
+	s.listeners[ln] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.stop:
+				return nil
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporary(err)) {
+				backoff = min(max(backoff*2, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "error", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("broker: accept: %w", err)
+		}
+		backoff = 0
+		select {
+		case s.hsSlots <- struct{}{}:
+		case <-s.stop:
+			c.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go s.handle(c)
+	}
+}
+
+// errTemporary treats EMFILE/ENFILE-like accept errors as retryable: they
+// pass once descriptors are freed, and the listener must not die of them.
+func errTemporary(err error) error {
+	type temporary interface{ Temporary() bool }
+	var t temporary
+	if errors.As(err, &t) && t.Temporary() {
+		return err
+	}
+	return nil
+}
+
+// handle runs one handshake on its own goroutine (bounded by hsSlots) and
+// hands an accepted connection to the poller.
+func (s *Server) handle(c net.Conn) {
+	defer s.wg.Done()
+	defer func() { <-s.hsSlots }()
+	h := s.hsPool.Get().(*handshake)
+	defer s.hsPool.Put(h)
+	h.reset(c)
+	_ = c.SetDeadline(h.start.Add(s.cfg.HandshakeTimeout))
+	_, err := h.up.Upgrade(&h.hc)
+	switch {
+	case err == nil:
+	case h.hc.swallow:
+		// Refused by authentication (HTTP mode).
+		s.reject(h)
+		c.Close()
+		return
+	case h.hc.tooLarge:
+		s.metrics.HandshakeError(telemetry.HandshakeTooLarge)
+		writeTooLarge(c)
+		c.Close()
+		return
+	default:
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			s.metrics.HandshakeError(telemetry.HandshakeTimeout)
+		} else {
+			s.metrics.HandshakeError(telemetry.HandshakeBadRequest)
+		}
+		c.Close()
+		return
+	}
+	if h.reason != authn.ReasonNone {
+		// Close mode: upgraded, now closed with the reason.
+		s.reject(h)
+		c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	s.open(h)
+}
+
+func writeTooLarge(c net.Conn) {
+	const body = "handshake larger than max-handshake-bytes\n"
+	_, _ = c.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body))
+}
+
+// reject answers, records and counts a refused upgrade.
+func (s *Server) reject(h *handshake) {
+	status := h.reason.Status()
+	rid := h.requestID()
+	if s.cfg.RejectMode == RejectClose {
+		status = int(CloseCode(h.reason))
+		h.writeRejectionClose()
+	} else {
+		h.writeRejection(rid)
+	}
+	if h.reason != authn.ReasonRateLimited && h.reason != authn.ReasonConnectionLimit && h.reason != authn.ReasonKeysUnavailable {
+		s.failures.fail(h.remote, h.start)
+	}
+	e := s.getEvent()
+	h.rejectionEvent(e, status, rid)
+	e.Duration = s.now().Sub(h.start)
+	s.fillTrace(e, h.span)
+	h.endSpan(status)
+	s.emit(h.ctx, e)
+	s.putEvent(e)
+}
+
+func (s *Server) fillTrace(e *event.Event, span trace.Span) {
+	if span == nil {
+		return
+	}
+	sc := span.SpanContext()
+	e.TraceID, e.SpanID = sc.TraceID(), sc.SpanID()
+	e.Sampled = sc.IsSampled() && (s.keeps == nil || s.keeps(sc, e.Type == event.TypeUpgradeRejected))
+}
+
+// clientAddr is the peer address, or the client address a trusted proxy
+// put in X-Forwarded-For (the right-most address not itself trusted).
+func (s *Server) clientAddr(c net.Conn, xff []byte) netip.Addr {
+	var peer netip.Addr
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		peer = ta.AddrPort().Addr().Unmap()
+	}
+	if len(xff) == 0 || !s.trusted(peer) {
+		return peer
+	}
+	rest := string(xff)
+	for rest != "" {
+		i := len(rest) - 1
+		for i >= 0 && rest[i] != ',' {
+			i--
+		}
+		part := rest[i+1:]
+		if i >= 0 {
+			rest = rest[:i]
+		} else {
+			rest = ""
+		}
+		a, err := netip.ParseAddr(trimSpace(part))
+		if err != nil {
+			return peer
+		}
+		a = a.Unmap()
+		if !s.trusted(a) {
+			return a
+		}
+		peer = a
+	}
+	return peer
+}
+
+func (s *Server) trusted(a netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func trimSpace(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// Ready reports whether the server accepts connections.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.closing && len(s.listeners) > 0
+}
+
+// Conns returns the number of open connections.
+func (s *Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Shutdown stops accepting, closes every connection with 1001 (going
+// away) and waits, at most until ctx ends, for them to be gone.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*Conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(event.CloseServerShutdown, ws.StatusGoingAway, "server shutting down")
+	}
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("broker: shutdown: %w", ctx.Err())
+	}
+	s.writers.close()
+	s.poller.Close()
+	return err
+}
+
+// Close is Shutdown with the configured drain bound.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownDrain)
+	defer cancel()
+	return s.Shutdown(ctx)
+}
+
+// failureLimiter is a token bucket of failed attempts per client address.
+type failureLimiter struct {
+	burst float64
+	rate  float64
+	mu    sync.Mutex
+	m     map[netip.Addr]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newFailureLimiter(burst int, rate float64) *failureLimiter {
+	return &failureLimiter{burst: float64(burst), rate: rate, m: map[netip.Addr]*bucket{}}
+}
+
+const maxTrackedAddrs = 100000
+
+func (f *failureLimiter) refill(b *bucket, now time.Time) {
+	b.tokens = min(f.burst, b.tokens+now.Sub(b.last).Seconds()*f.rate)
+	b.last = now
+}
+
+// limited reports whether addr has no failure budget left.
+func (f *failureLimiter) limited(addr netip.Addr, now time.Time) bool {
+	if f.burst <= 0 {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.m[addr]
+	if b == nil {
+		return false
+	}
+	f.refill(b, now)
+	return b.tokens < 1
+}
+
+// fail spends one token of addr's budget.
+func (f *failureLimiter) fail(addr netip.Addr, now time.Time) {
+	if f.burst <= 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := f.m[addr]
+	if b == nil {
+		if len(f.m) >= maxTrackedAddrs {
+			f.evict(now)
+		}
+		b = &bucket{tokens: f.burst, last: now}
+		f.m[addr] = b
+	}
+	f.refill(b, now)
+	b.tokens = max(0, b.tokens-1)
+}
+
+// evict drops buckets that have refilled; the map never outgrows the bound.
+func (f *failureLimiter) evict(now time.Time) {
+	for a, b := range f.m {
+		f.refill(b, now)
+		if b.tokens >= f.burst {
+			delete(f.m, a)
+		}
+	}
+	if len(f.m) >= maxTrackedAddrs {
+		clear(f.m)
+	}
+}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/telemetry"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+	"github.com/wsbroker/wsbroker/telemetry/redact"
+	"github.com/wsbroker/wsbroker/telemetry/tracing"
+)
+
+type serveOptions struct {
+	listen, wsPath, adminListen    string
+	hmacSecretFile                 string
+	keyFiles                       []string
+	jwksURL                        string
+	algs                           string
+	issuer, audience               string
+	leeway                         time.Duration
+	sources                        string
+	queryParam, cookie             string
+	allowedOrigins                 []string
+	maxTokenBytes                  int
+	dev                            bool
+	rejectMode                     string
+	nodeID                         string
+	logFormat, logLevel            string
+	trustedProxies                 string
+	handshakeTimeout               time.Duration
+	maxHandshakeBytes              int
+	maxConnsPerSubject, maxConns   int
+	pingInterval, idleTimeout      time.Duration
+	maxMessageSize                 int
+	sendQueue                      int
+	channelClaim                   string
+	subscribeClaim, publishClaim   string
+	maxSubscriptions               int
+	shutdownDrain                  time.Duration
+	traceSuccessRatio              float64
+	failureBurst                   int
+	failureRate                    float64
+	devTokenTTL                    time.Duration
+	devTokenSub                    string
+	expiryLeeway, jwksMinRefresh   time.Duration
+	writeTimeout                   time.Duration
+	maxHandshakes                  int
+}
+
+func newServeCmd() *cobra.Command {
+	o := &serveOptions{}
+	d := broker.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the broker",
+		Long: "Run the broker. Every flag can also be set as WSBROKER_<FLAG_IN_UPPER_SNAKE>, " +
+			"e.g. WSBROKER_JWT_ISSUER; a flag on the command line wins.",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd, os.Getenv); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr(), nil)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", ":8080", "WebSocket listen address (raw TCP, not net/http)")
+	f.StringVar(&o.wsPath, "ws-path", d.WSPath, "the only path upgraded")
+	f.StringVar(&o.adminListen, "admin-listen", ":9090", "admin HTTP address: /metrics, /healthz, /readyz, /v1/...")
+	f.StringVar(&o.hmacSecretFile, "jwt-hmac-secret-file", "", "file holding the HS256/384/512 secret (surrounding white space trimmed)")
+	f.StringArrayVar(&o.keyFiles, "jwt-key-file", nil, "PEM public key or JWKS JSON file (repeatable)")
+	f.StringVar(&o.jwksURL, "jwks-url", "", "JWKS URL, refreshed hourly and on an unknown kid (rate-limited)")
+	f.DurationVar(&o.jwksMinRefresh, "jwks-min-refresh", time.Minute, "minimum interval between unknown-kid JWKS refreshes")
+	f.StringVar(&o.algs, "jwt-algs", "", "comma list of allowed algorithms (default: every algorithm of the configured keys' types; never none)")
+	f.StringVar(&o.issuer, "jwt-issuer", "", "required iss")
+	f.StringVar(&o.audience, "jwt-audience", "", "required aud")
+	f.DurationVar(&o.leeway, "jwt-leeway", 30*time.Second, "clock skew tolerated on exp, nbf and iat")
+	f.StringVar(&o.sources, "token-sources", "header,subprotocol", "enabled token sources in precedence order: header, subprotocol, query, cookie")
+	f.StringVar(&o.queryParam, "token-query-param", "access_token", "query parameter of the query source")
+	f.StringVar(&o.cookie, "token-cookie", "access_token", "cookie name of the cookie source")
+	f.StringSliceVar(&o.allowedOrigins, "allowed-origins", nil, "allowed Origin values (scheme://host[:port], https://*.example.com, or *); required by the cookie source")
+	f.IntVar(&o.maxTokenBytes, "max-token-bytes", 8192, "largest accepted token")
+	f.BoolVar(&o.dev, "dev", false, "development mode: an ephemeral HS256 secret, and a ready token printed at start")
+	f.StringVar(&o.devTokenSub, "dev-token-sub", "dev-user", "subject of the token printed by --dev")
+	f.DurationVar(&o.devTokenTTL, "dev-token-ttl", time.Hour, "lifetime of the token printed by --dev")
+	f.StringVar(&o.rejectMode, "reject-mode", "http", "how refusals reach the client: http (status + JSON body) or close (upgrade, then close 4000+status with the reason)")
+	f.StringVar(&o.nodeID, "node-id", hostnameOr("node-1"), "this node's name in events and NATS subjects")
+	f.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&o.trustedProxies, "trusted-proxies", "", "comma list of proxy addresses or CIDRs whose X-Forwarded-For is believed")
+	f.DurationVar(&o.handshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "bound on reading a handshake")
+	f.IntVar(&o.maxHandshakeBytes, "max-handshake-bytes", d.MaxHandshakeBytes, "bound on a handshake's request line and headers")
+	f.IntVar(&o.maxHandshakes, "max-handshakes", d.MaxHandshakes, "concurrent handshakes")
+	f.IntVar(&o.failureBurst, "failure-burst", d.FailureBurst, "failed attempts allowed per client address before rate_limited (0 disables)")
+	f.Float64Var(&o.failureRate, "failure-rate", d.FailureRate, "failed attempts per second regained per client address")
+	f.IntVar(&o.maxConnsPerSubject, "max-conns-per-subject", d.MaxConnsPerSubject, "connections one subject may hold (0: no cap)")
+	f.IntVar(&o.maxConns, "max-conns", d.MaxConns, "connections this node may hold")
+	f.DurationVar(&o.pingInterval, "ping-interval", d.PingInterval, "ping a connection quiet for this long")
+	f.DurationVar(&o.idleTimeout, "idle-timeout", d.IdleTimeout, "close a connection quiet for this long (idle_timeout)")
+	f.DurationVar(&o.writeTimeout, "write-timeout", d.WriteTimeout, "bound on one write to a connection")
+	f.DurationVar(&o.expiryLeeway, "expiry-leeway", 0, "grace after a token's exp before an open connection is closed (token_expired)")
+	f.IntVar(&o.maxMessageSize, "max-message-size", d.MaxMessageSize, "largest client message (message_too_large)")
+	f.IntVar(&o.sendQueue, "send-queue", d.SendQueue, "queued outgoing messages before a connection is closed as slow_consumer")
+	f.StringVar(&o.channelClaim, "channel-claim", d.ChannelClaim, "claim with the channel patterns a token may subscribe and publish to")
+	f.StringVar(&o.subscribeClaim, "subscribe-claim", "", "claim with subscribe-only patterns (replaces channel-claim for subscribe)")
+	f.StringVar(&o.publishClaim, "publish-claim", "", "claim with publish-only patterns (replaces channel-claim for publish)")
+	f.IntVar(&o.maxSubscriptions, "max-subscriptions", d.MaxSubscriptions, "subscriptions per connection")
+	f.DurationVar(&o.shutdownDrain, "shutdown-drain", d.ShutdownDrain, "bound on the wait for connections to close on SIGTERM")
+	f.Float64Var(&o.traceSuccessRatio, "trace-success-ratio", 0.01, "share of successful upgrades whose traces are exported (failures always are)")
+	return cmd
+}
+
+func hostnameOr(def string) string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return def
+	}
+	for i := 0; i < len(h); i++ {
+		if h[i] == '.' {
+			return h[:i]
+		}
+	}
+	return h
+}
+
+// running is a started broker, for tests of the command.
+type running struct {
+	wsAddr, adminAddr net.Addr
+	devToken          string
+}
+
+// runServe starts everything, blocks until ctx ends, then drains. started,
+// if not nil, is called once both listeners are up.
+func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, started func(running)) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("log-level: %w", err)
+	}
+	logger, err := telemetry.NewLogger(stderr, o.logFormat, level)
+	if err != nil {
+		return err
+	}
+	sources, err := authn.ParseSources(o.sources)
+	if err != nil {
+		return fmt.Errorf("token-sources: %w", err)
+	}
+	ex, err := authn.NewExtractor(authn.ExtractConfig{
+		Sources: sources, QueryParam: o.queryParam, Cookie: o.cookie, MaxTokenBytes: o.maxTokenBytes,
+	})
+	if err != nil {
+		return err
+	}
+	origins, err := authn.ParseOrigins(o.allowedOrigins)
+	if err != nil {
+		return err
+	}
+	algs, err := authn.ParseAlgs(o.algs)
+	if err != nil {
+		return err
+	}
+	rejectMode, err := broker.ParseRejectMode(o.rejectMode)
+	if err != nil {
+		return err
+	}
+	proxies, err := broker.ParseProxies(o.trustedProxies)
+	if err != nil {
+		return err
+	}
+
+	reg := telemetry.NewRegistry()
+	metrics := telemetry.NewMetrics(reg, buildVersion())
+
+	vcfg := authn.VerifyConfig{
+		Algs: algs, Issuer: o.issuer, Audience: o.audience, Leeway: o.leeway,
+		KeyFiles: o.keyFiles, JWKSURL: o.jwksURL, JWKSMinRefresh: o.jwksMinRefresh,
+		OnRefresh: func(context.Context) func(error) { return metrics.KeysRefresh },
+	}
+	if o.hmacSecretFile != "" {
+		if vcfg.HMACSecret, err = authn.LoadHMACSecret(o.hmacSecretFile); err != nil {
+			return err
+		}
+	}
+	if o.dev && len(vcfg.HMACSecret) == 0 {
+		vcfg.HMACSecret = make([]byte, 32)
+		if _, err := rand.Read(vcfg.HMACSecret); err != nil {
+			return fmt.Errorf("dev secret: %w", err)
+		}
+	}
+	verifier, err := authn.NewVerifier(ctx, vcfg)
+	if err != nil {
+		return err
+	}
+
+	tp, err := tracing.NewProvider(ctx, tracing.Config{
+		ServiceVersion: buildVersion(), NodeID: o.nodeID, SuccessRatio: ratioOrNone(o.traceSuccessRatio),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(sctx)
+	}()
+
+	cfg := broker.DefaultConfig()
+	cfg.Node, cfg.WSPath, cfg.RejectMode, cfg.TrustedProxies = o.nodeID, o.wsPath, rejectMode, proxies
+	cfg.HandshakeTimeout, cfg.MaxHandshakeBytes, cfg.MaxHandshakes = o.handshakeTimeout, o.maxHandshakeBytes, o.maxHandshakes
+	cfg.FailureBurst, cfg.FailureRate = o.failureBurst, o.failureRate
+	cfg.MaxConnsPerSubject, cfg.MaxConns = o.maxConnsPerSubject, o.maxConns
+	cfg.PingInterval, cfg.IdleTimeout, cfg.WriteTimeout = o.pingInterval, o.idleTimeout, o.writeTimeout
+	cfg.ExpiryLeeway, cfg.MaxMessageSize, cfg.SendQueue = o.expiryLeeway, o.maxMessageSize, o.sendQueue
+	cfg.ChannelClaim, cfg.SubscribeClaim, cfg.PublishClaim = o.channelClaim, o.subscribeClaim, o.publishClaim
+	cfg.MaxSubscriptions, cfg.ShutdownDrain = o.maxSubscriptions, o.shutdownDrain
+
+	deps := broker.Deps{
+		Extractor: ex, Verifier: verifier, Origins: origins, Metrics: metrics,
+		Sink:     event.Sinks{metrics, telemetry.NewEventLogger(logger)},
+		Logger:   logger,
+		Redactor: redact.New(o.queryParam),
+		Epoch:    uint64(time.Now().UnixNano()),
+	}
+	if tp.Enabled() {
+		deps.Tracer = tp.Tracer()
+		deps.Keeps = tp.Keeps
+	}
+	srv, err := broker.New(cfg, deps)
+	if err != nil {
+		return err
+	}
+	wsLn, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		srv.Close()
+		return fmt.Errorf("listen: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", o.adminListen)
+	if err != nil {
+		wsLn.Close()
+		srv.Close()
+		return fmt.Errorf("admin-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", telemetry.Handler(reg))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !srv.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(wsLn) }()
+	go func() {
+		if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin: %w", err)
+		}
+	}()
+	logger.Info("wsbroker started", "ws", wsLn.Addr().String(), "path", cfg.WSPath, "admin", adminLn.Addr().String(),
+		"node", cfg.Node, "sources", o.sources, "algs", verifier.Algs(), "reject_mode", rejectMode.String(),
+		"tracing", tp.Exporter())
+	r := running{wsAddr: wsLn.Addr(), adminAddr: adminLn.Addr()}
+	if o.dev {
+		tok, err := devToken(vcfg.HMACSecret, o)
+		if err != nil {
+			return err
+		}
+		r.devToken = tok
+		printDevBanner(stdout, wsLn.Addr(), cfg.WSPath, o.devTokenSub, tok)
+	}
+	if started != nil {
+		started(r)
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	logger.Info("wsbroker stopping", "drain", cfg.ShutdownDrain.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDrain)
+	defer cancel()
+	serr := srv.Shutdown(sctx)
+	_ = admin.Shutdown(sctx)
+	return errors.Join(err, serr)
+}
+
+func ratioOrNone(r float64) float64 {
+	if r <= 0 {
+		return tracing.NoSuccesses
+	}
+	return r
+}
+
+func printDevBanner(w io.Writer, addr net.Addr, path, sub, tok string) {
+	host := addr.String()
+	if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
+		host = fmt.Sprintf("localhost:%d", ta.Port)
+	}
+	url := "ws://" + host + path
+	fmt.Fprintf(w, `
+wsbroker is running in --dev mode with an ephemeral HS256 secret.
+
+A token for %q, valid for the next hour (channels: *):
+  %s
+
+From a browser console:
+  const ws = new WebSocket(%q, ["wsbroker.v1", "bearer." + %q]);
+  ws.onmessage = (e) => console.log(e.data);
+  ws.onopen = () => ws.send(JSON.stringify({type: "subscribe", channel: "news", id: 1}));
+
+From a terminal:
+  wsbroker probe %s --token %s
+
+`, sub, tok, url, tok, url, "<token>")
+}
