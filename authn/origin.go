@@ -41,7 +41,9 @@ func ParseOrigins(list []string) (*Origins, error) {
 }
 
 // Empty reports whether no origin is configured.
-func (o *Origins) Empty() bool { return o == nil || !o.any && len(o.exact) == 0 && len(o.suffixes) == 0 }
+func (o *Origins) Empty() bool {
+	return o == nil || !o.any && len(o.exact) == 0 && len(o.suffixes) == 0
+}
 
 // Allowed reports whether origin may connect. Origins are compared
 // case-insensitively (RFC 6454 serializes scheme and host in lower case).

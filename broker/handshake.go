@@ -477,4 +477,3 @@ func (h *handshake) extractionDetail() string {
 	}
 	return string(b)
 }
-

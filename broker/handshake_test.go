@@ -64,8 +64,10 @@ func TestRejections(t *testing.T) {
 			bearerError: "invalid_request",
 		},
 		{
-			name:        "malformed_authorization: basic scheme",
-			req:         func(*testBroker) handshakeReq { return handshakeReq{headers: [][2]string{{"Authorization", "Basic dXNlcjpwYXNz"}}} },
+			name: "malformed_authorization: basic scheme",
+			req: func(*testBroker) handshakeReq {
+				return handshakeReq{headers: [][2]string{{"Authorization", "Basic dXNlcjpwYXNz"}}}
+			},
 			reason:      authn.ReasonMalformedAuthorization,
 			source:      authn.SourceHeader,
 			bearerError: "invalid_request",
@@ -92,8 +94,10 @@ func TestRejections(t *testing.T) {
 			bearerError: "invalid_request",
 		},
 		{
-			name:        "malformed_subprotocol: bad base64url in the k8s form",
-			req:         func(*testBroker) handshakeReq { return handshakeReq{protocols: "wsbroker.v1, base64url.bearer.authorization.k8s.io.%%%"} },
+			name: "malformed_subprotocol: bad base64url in the k8s form",
+			req: func(*testBroker) handshakeReq {
+				return handshakeReq{protocols: "wsbroker.v1, base64url.bearer.authorization.k8s.io.%%%"}
+			},
 			reason:      authn.ReasonMalformedSubprotocol,
 			source:      authn.SourceSubprotocol,
 			bearerError: "invalid_request",
@@ -118,8 +122,10 @@ func TestRejections(t *testing.T) {
 			bearerError: "invalid_request",
 		},
 		{
-			name:        "token_too_large",
-			req:         func(*testBroker) handshakeReq { return handshakeReq{headers: [][2]string{auth(strings.Repeat("a", 9000))}} },
+			name: "token_too_large",
+			req: func(*testBroker) handshakeReq {
+				return handshakeReq{headers: [][2]string{auth(strings.Repeat("a", 9000))}}
+			},
 			reason:      authn.ReasonTokenTooLarge,
 			source:      authn.SourceHeader,
 			bearerError: "invalid_request",
@@ -426,8 +432,10 @@ func TestAcceptedSources(t *testing.T) {
 			protocol: "",
 		},
 		{
-			name:     "header and subprotocol offer without token",
-			req:      func(tok string) handshakeReq { return handshakeReq{headers: [][2]string{auth(tok)}, protocols: "wsbroker.v1"} },
+			name: "header and subprotocol offer without token",
+			req: func(tok string) handshakeReq {
+				return handshakeReq{headers: [][2]string{auth(tok)}, protocols: "wsbroker.v1"}
+			},
 			source:   authn.SourceHeader,
 			protocol: "wsbroker.v1",
 		},
@@ -458,8 +466,10 @@ func TestAcceptedSources(t *testing.T) {
 			protocol: "wsbroker.v1",
 		},
 		{
-			name:     "same token in header and subprotocol",
-			req:      func(tok string) handshakeReq { return handshakeReq{headers: [][2]string{auth(tok)}, protocols: "wsbroker.v1, bearer." + tok} },
+			name: "same token in header and subprotocol",
+			req: func(tok string) handshakeReq {
+				return handshakeReq{headers: [][2]string{auth(tok)}, protocols: "wsbroker.v1, bearer." + tok}
+			},
 			source:   authn.SourceHeader,
 			protocol: "wsbroker.v1",
 		},

@@ -268,4 +268,3 @@ func Glob(pattern, name string) bool {
 	}
 	return px == len(pattern)
 }
-

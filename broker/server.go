@@ -40,7 +40,7 @@ type Deps struct {
 	Tracer trace.Tracer
 	// Keeps reports whether a trace will be exported (failed says whether
 	// the upgrade failed); only kept traces become exemplars. Nil keeps all.
-	Keeps func(sc trace.SpanContext, failed bool) bool
+	Keeps  func(sc trace.SpanContext, failed bool) bool
 	Logger *slog.Logger
 	// Redactor masks the configured query parameter, among others.
 	Redactor *redact.Redactor

@@ -23,40 +23,40 @@ import (
 )
 
 type serveOptions struct {
-	listen, wsPath, adminListen    string
-	hmacSecretFile                 string
-	keyFiles                       []string
-	jwksURL                        string
-	algs                           string
-	issuer, audience               string
-	leeway                         time.Duration
-	sources                        string
-	queryParam, cookie             string
-	allowedOrigins                 []string
-	maxTokenBytes                  int
-	dev                            bool
-	rejectMode                     string
-	nodeID                         string
-	logFormat, logLevel            string
-	trustedProxies                 string
-	handshakeTimeout               time.Duration
-	maxHandshakeBytes              int
-	maxConnsPerSubject, maxConns   int
-	pingInterval, idleTimeout      time.Duration
-	maxMessageSize                 int
-	sendQueue                      int
-	channelClaim                   string
-	subscribeClaim, publishClaim   string
-	maxSubscriptions               int
-	shutdownDrain                  time.Duration
-	traceSuccessRatio              float64
-	failureBurst                   int
-	failureRate                    float64
-	devTokenTTL                    time.Duration
-	devTokenSub                    string
-	expiryLeeway, jwksMinRefresh   time.Duration
-	writeTimeout                   time.Duration
-	maxHandshakes                  int
+	listen, wsPath, adminListen  string
+	hmacSecretFile               string
+	keyFiles                     []string
+	jwksURL                      string
+	algs                         string
+	issuer, audience             string
+	leeway                       time.Duration
+	sources                      string
+	queryParam, cookie           string
+	allowedOrigins               []string
+	maxTokenBytes                int
+	dev                          bool
+	rejectMode                   string
+	nodeID                       string
+	logFormat, logLevel          string
+	trustedProxies               string
+	handshakeTimeout             time.Duration
+	maxHandshakeBytes            int
+	maxConnsPerSubject, maxConns int
+	pingInterval, idleTimeout    time.Duration
+	maxMessageSize               int
+	sendQueue                    int
+	channelClaim                 string
+	subscribeClaim, publishClaim string
+	maxSubscriptions             int
+	shutdownDrain                time.Duration
+	traceSuccessRatio            float64
+	failureBurst                 int
+	failureRate                  float64
+	devTokenTTL                  time.Duration
+	devTokenSub                  string
+	expiryLeeway, jwksMinRefresh time.Duration
+	writeTimeout                 time.Duration
+	maxHandshakes                int
 }
 
 func newServeCmd() *cobra.Command {
