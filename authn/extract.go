@@ -126,7 +126,7 @@ func (e *Extractor) Extract(r *Request, x *Extraction) {
 	r.scratch = r.scratch[:0]
 	x.ProtocolOffered = offersProtocol(r)
 	var firstErr Reason
-	var firstErrSource, disabledSource Source
+	var firstErrSource, disabledSource, ambiguous Source
 	for _, s := range e.order {
 		tok, found, reason := e.lookIn(r, s)
 		enabled := e.enabled[s]
@@ -148,11 +148,14 @@ func (e *Extractor) Extract(r *Request, x *Extraction) {
 			x.Token, x.Source = tok, s
 		case !bytes.Equal(x.Token, tok):
 			x.Checks[x.NChecks-1].Reason = ReasonAmbiguousToken
-			x.Token, x.Source, x.Reason = nil, s, ReasonAmbiguousToken
-			return
+			if ambiguous == SourceNone {
+				ambiguous = s
+			}
 		}
 	}
 	switch {
+	case ambiguous != SourceNone:
+		x.Token, x.Source, x.Reason = nil, ambiguous, ReasonAmbiguousToken
 	case x.Token != nil:
 		if x.Source == SourceSubprotocol && !x.ProtocolOffered {
 			x.Token, x.Reason = nil, ReasonProtocolNotOffered

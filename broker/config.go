@@ -77,6 +77,10 @@ type Config struct {
 	// SendQueue bounds a connection's outgoing messages before it is closed
 	// as a slow consumer.
 	SendQueue int
+	// SocketSendBuffer sets SO_SNDBUF of accepted sockets; 0 keeps the
+	// kernel's default (autotuned, up to megabytes: a slow consumer is only
+	// detected once that much is stuck in the kernel).
+	SocketSendBuffer int
 	// Channels and permissions.
 	ChannelClaim       string
 	SubscribeClaim     string

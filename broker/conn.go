@@ -82,6 +82,9 @@ func (s *Server) open(h *handshake) {
 		expiry:   h.principal.ExpiresAt,
 	}
 	c.lastRead.Store(c.opened.UnixNano())
+	if tc, ok := c.nc.(*net.TCPConn); ok && s.cfg.SocketSendBuffer > 0 {
+		_ = tc.SetWriteBuffer(s.cfg.SocketSendBuffer)
+	}
 	c.perms = s.permissionsOf(&h.principal)
 	e := s.getEvent()
 	e.Type = event.TypeConnectionOpened

@@ -102,7 +102,9 @@ func newTestBroker(t testing.TB, o brokerOpts) *testBroker {
 	if o.verify != nil {
 		o.verify(&vcfg)
 	}
-	ver, err := authn.NewVerifier(context.Background(), vcfg)
+	vctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ver, err := authn.NewVerifier(vctx, vcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
