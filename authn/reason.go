@@ -98,7 +98,7 @@ var reasons = [NumReasons]reasonInfo{
 		status:      http.StatusBadRequest,
 		bearerError: "invalid_request",
 		desc:        "the Authorization header is not of the form `Bearer <token>`",
-		hint:        "send exactly `Authorization: Bearer <jwt>` (one space, no quotes, one header)",
+		hint:        "send exactly `Authorization: Bearer <jwt>` (no quotes, one header, scheme Bearer)",
 	},
 	ReasonMalformedSubprotocol: {
 		label:       "malformed_subprotocol",
