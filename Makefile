@@ -6,7 +6,7 @@ BIN      := .bin
 FUZZTIME ?= 10s
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run build test unit fuzz-short lint deps jaeger bench clean
+.PHONY: run build test unit fuzz-short lint deps jaeger bench bench-memory clean
 
 build:
 	$(GO) build -o $(BIN)/wsbroker ./cmd/wsbroker
@@ -48,3 +48,15 @@ bench:
 
 clean:
 	rm -rf $(BIN) data
+
+# bench-memory: the broker in one process, 10,000 idle authenticated
+# connections from another (the open-file limit is per process), and the
+# broker's RSS and Go heap per connection from its own /metrics.
+BENCH_CONNS ?= 10000
+bench-memory: build
+	@set -e; dir=$$(mktemp -d); head -c 48 /dev/urandom | base64 > $$dir/secret; \
+	$(BIN)/wsbroker serve --jwt-hmac-secret-file $$dir/secret --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
+		--max-conns-per-subject 0 --log-level warn & pid=$$!; trap "kill $$pid" EXIT; \
+	for i in $$(seq 50); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.1; done; \
+	tok=$$($(BIN)/wsbroker token --jwt-hmac-secret-file $$dir/secret --sub bench); \
+	$(GO) run ./bench/holdconns -url ws://127.0.0.1:18080/ws -admin http://127.0.0.1:19090 -token $$tok -n $(BENCH_CONNS)
