@@ -53,10 +53,11 @@ clean:
 # connections from another (the open-file limit is per process), and the
 # broker's RSS and Go heap per connection from its own /metrics.
 BENCH_CONNS ?= 10000
+BENCH_FANOUT ?= 0
 bench-memory: build
 	@set -e; dir=$$(mktemp -d); head -c 48 /dev/urandom | base64 > $$dir/secret; \
 	$(BIN)/wsbroker serve --jwt-hmac-secret-file $$dir/secret --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
 		--max-conns-per-subject 0 --log-level warn & pid=$$!; trap "kill $$pid" EXIT; \
 	for i in $$(seq 50); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.1; done; \
 	tok=$$($(BIN)/wsbroker token --jwt-hmac-secret-file $$dir/secret --sub bench); \
-	$(GO) run ./bench/holdconns -url ws://127.0.0.1:18080/ws -admin http://127.0.0.1:19090 -token $$tok -n $(BENCH_CONNS)
+	$(GO) run ./bench/holdconns -url ws://127.0.0.1:18080/ws -admin http://127.0.0.1:19090 -token $$tok -n $(BENCH_CONNS) -fanout $(BENCH_FANOUT)

@@ -12,16 +12,19 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 )
 
 func main() {
@@ -30,14 +33,15 @@ func main() {
 	token := flag.String("token", "", "token (subprotocol bearer.<token>)")
 	n := flag.Int("n", 10000, "connections to hold")
 	sources := flag.Int("sources", 4, "127.0.0.x source addresses to spread over")
+	fanout := flag.Int("fanout", 0, "after measuring memory, subscribe every connection to one channel and publish this many messages, reporting delivery latency")
 	flag.Parse()
-	if err := run(*url, *admin, *token, *n, *sources); err != nil {
+	if err := run(*url, *admin, *token, *n, *sources, *fanout); err != nil {
 		fmt.Fprintln(os.Stderr, "holdconns:", err)
 		os.Exit(1)
 	}
 }
 
-func run(url, admin, token string, n, sources int) error {
+func run(url, admin, token string, n, sources, fanout int) error {
 	before, err := scrape(admin)
 	if err != nil {
 		return err
@@ -94,6 +98,73 @@ func run(url, admin, token string, n, sources int) error {
 	fmt.Printf("Go heap per connection:    %7.0f B\n", heap/held)
 	fmt.Printf("Go stacks per connection:  %7.0f B\n", stack/held)
 	fmt.Printf("goroutines per connection: %7.3f\n", gor/held)
+	if fanout > 0 {
+		return fanOut(conns, fanout)
+	}
+	return nil
+}
+
+// fanOut subscribes every connection to "bench", then publishes msgs
+// messages one at a time from the first connection, each carrying its send
+// time, and reports deliveries/s and the p50/p99 delivery latency.
+func fanOut(conns []net.Conn, msgs int) error {
+	for i, c := range conns {
+		if err := wsutil.WriteClientText(c, []byte(`{"type":"subscribe","channel":"bench","id":1}`)); err != nil {
+			return fmt.Errorf("subscribe %d: %w", i, err)
+		}
+	}
+	lat := make(chan time.Duration, len(conns)*msgs)
+	errc := make(chan error, len(conns))
+	for _, c := range conns {
+		go func(c net.Conn) {
+			// Skip the subscribe ack (and the publisher's acks), then
+			// time each message.
+			got := 0
+			for got < msgs {
+				_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+				data, err := wsutil.ReadServerText(c)
+				if err != nil {
+					errc <- err
+					return
+				}
+				var m struct {
+					Type string `json:"type"`
+					Data int64  `json:"data"`
+				}
+				if json.Unmarshal(data, &m) != nil || m.Type != "message" {
+					continue
+				}
+				lat <- time.Since(time.Unix(0, m.Data))
+				got++
+			}
+			errc <- nil
+		}(c)
+	}
+	time.Sleep(2 * time.Second) // every subscribe handled before the first publish
+	start := time.Now()
+	for i := 0; i < msgs; i++ {
+		msg := fmt.Sprintf(`{"type":"publish","channel":"bench","data":%d}`, time.Now().UnixNano())
+		if err := wsutil.WriteClientText(conns[0], []byte(msg)); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for range conns {
+		if err := <-errc; err != nil {
+			return fmt.Errorf("subscriber: %w", err)
+		}
+	}
+	elapsed := time.Since(start)
+	close(lat)
+	var all []time.Duration
+	for d := range lat {
+		all = append(all, d)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	fmt.Printf("fan-out: %d messages to %d subscribers, %d deliveries in %s\n", msgs, len(conns), len(all), elapsed.Round(time.Millisecond))
+	fmt.Printf("delivery latency p50 %s  p99 %s  max %s\n", all[len(all)/2].Round(time.Microsecond), all[len(all)*99/100].Round(time.Microsecond), all[len(all)-1].Round(time.Microsecond))
+	// Throughput of one burst: the last delivery of a message after its send.
+	fmt.Printf("deliveries/s within a burst: %.0f\n", float64(len(conns))/all[len(all)-1].Seconds())
 	return nil
 }
 
