@@ -17,8 +17,8 @@ run: build
 # deps installs what the end-to-end tests drive for real: promtool and
 # Prometheus, Chromium, and a Jaeger built from the module proxy.
 deps:
-	@if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus chromium; \
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null || ! command -v chromium >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus prometheus-alertmanager chromium; \
 	fi
 	$(MAKE) jaeger
 

@@ -63,7 +63,8 @@ type Conn struct {
 
 	// wmu serializes writes to nc (flushes and control frames).
 	wmu     sync.Mutex
-	hdr     [14]byte
+	hdr     [14]byte // frame header being read (reader only)
+	ping    [2]byte  // server ping frame (sweep only)
 	msgsIn  atomic.Uint64
 	msgsOut atomic.Uint64
 }
@@ -215,16 +216,17 @@ func (c *Conn) onReadable(_ *poller.Desc, _ poller.Event) bool {
 	}
 	bp := payloadPool.Get().(*[]byte)
 	defer payloadPool.Put(bp)
-	if int64(cap(*bp)) < hdr.Length {
-		*bp = make([]byte, 0, hdr.Length)
+	// Two bytes of room before the payload let a pong reuse the buffer.
+	if int64(cap(*bp)) < hdr.Length+2 {
+		*bp = make([]byte, 0, hdr.Length+2)
 	}
-	payload := (*bp)[:hdr.Length]
-	if _, err := io.ReadFull(c.nc, payload); err != nil {
+	buf := (*bp)[:hdr.Length+2]
+	if _, err := io.ReadFull(c.nc, buf[2:]); err != nil {
 		c.readFailed(err)
 		return false
 	}
-	ws.Cipher(payload, hdr.Mask, 0)
-	return c.handleFrame(hdr, payload)
+	ws.Cipher(buf[2:], hdr.Mask, 0)
+	return c.handleFrame(hdr, buf)
 }
 
 // readHeader parses a frame header straight from the socket into c.hdr
@@ -288,16 +290,17 @@ func (c *Conn) readFailed(err error) {
 	}
 }
 
-// handleFrame acts on one unmasked frame; it returns whether to keep
-// reading.
-func (c *Conn) handleFrame(h ws.Header, p []byte) bool {
+// handleFrame acts on one unmasked frame whose payload is buf[2:]; it
+// returns whether to keep reading.
+func (c *Conn) handleFrame(h ws.Header, buf []byte) bool {
+	p := buf[2:]
 	switch h.OpCode {
 	case ws.OpPing:
 		if !h.Fin || len(p) > 125 {
 			c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error")
 			return false
 		}
-		c.writeControl(ws.OpPong, p)
+		c.writeControl(ws.OpPong, buf)
 		return true
 	case ws.OpPong:
 		return true
@@ -352,17 +355,16 @@ func (c *Conn) message(op ws.OpCode, p []byte) {
 	c.s.handleMessage(c, p)
 }
 
-// writeControl writes a control frame at once (pongs and closes skip the
-// data queue).
-func (c *Conn) writeControl(op ws.OpCode, p []byte) {
+// writeControl writes a control frame at once (pongs and pings skip the
+// data queue). frame holds two free bytes for the header followed by the
+// payload (at most 125 bytes), so the frame goes out in one write without
+// allocating.
+func (c *Conn) writeControl(op ws.OpCode, frame []byte) {
+	frame[0], frame[1] = 0x80|byte(op), byte(len(frame)-2)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	var hdr [2]byte
-	hdr[0] = 0x80 | byte(op)
-	hdr[1] = byte(len(p))
 	_ = c.nc.SetWriteDeadline(c.s.now().Add(c.s.cfg.WriteTimeout))
-	bufs := net.Buffers{hdr[:], p}
-	if _, err := bufs.WriteTo(c.nc); err != nil {
+	if _, err := c.nc.Write(frame); err != nil {
 		go c.close(event.CloseWriteError, ws.StatusAbnormalClosure, "")
 	}
 }
@@ -508,7 +510,7 @@ func (s *Server) sweep() {
 				c.close(event.CloseIdleTimeout, CloseIdle, "idle_timeout")
 			case quiet >= s.cfg.PingInterval && !c.pinged.Load():
 				c.pinged.Store(true)
-				c.writeControl(ws.OpPing, nil)
+				c.writeControl(ws.OpPing, c.ping[:])
 			}
 		}
 	}
