@@ -301,3 +301,54 @@ func TestGlob(t *testing.T) {
 		}
 	}
 }
+
+func TestIdleTimeoutAndLimits(t *testing.T) {
+	b := newTestBroker(t, brokerOpts{cfg: func(c *Config) {
+		c.PingInterval, c.IdleTimeout = 200*time.Millisecond, 600*time.Millisecond
+		c.MaxSubscriptions, c.MaxConns = 2, 2
+	}})
+	// A client that answers pings stays; the test's reader answers them.
+	live := b.connect(validClaims("alive"))
+	quiet := b.connect(validClaims("quiet"))
+	// The node is full: a third connection is connection_limit.
+	r := b.doHandshake(handshakeReq{headers: [][2]string{auth(hsToken(t, validClaims("third")))}})
+	if r.body.Reason != "connection_limit" || r.resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("third connection: %d %+v", r.resp.StatusCode, r.body)
+	}
+	for i, ch := range []string{"a", "b", "c"} {
+		live.send(map[string]any{"type": "subscribe", "channel": ch})
+		m := live.read()
+		if i < 2 && m["type"] != "ack" || i == 2 && m["reason"] != "subscription_limit" {
+			t.Fatalf("subscribe %s: %v", ch, m)
+		}
+	}
+	// The quiet client never reads, so it never answers the server's pings:
+	// it is closed with 4000 idle_timeout. Meanwhile the live one keeps
+	// talking (a ping every 100ms).
+	var e event.Event
+	deadline := time.After(10 * time.Second)
+wait:
+	for {
+		select {
+		case e = <-b.events.ch:
+			if e.Type == event.TypeConnectionClosed {
+				break wait
+			}
+		case <-time.After(100 * time.Millisecond):
+			if err := wsutil.WriteClientMessage(live.c, ws.OpPing, nil); err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatalf("no close within 10s")
+		}
+	}
+	if e.Subject != "quiet" || e.CloseReason != event.CloseIdleTimeout || e.CloseCode != uint16(CloseIdle) {
+		t.Fatalf("closed %s with %s %d, want quiet idle_timeout 4000", e.Subject, e.CloseReason, e.CloseCode)
+	}
+	_ = quiet
+	// The live one, reading (and so answering pings), is still served.
+	live.send(map[string]any{"type": "unsubscribe", "channel": "a", "id": 9})
+	if m := live.read(); m["type"] != "ack" {
+		t.Fatalf("live connection after the idle timeout of another: %v", m)
+	}
+}
