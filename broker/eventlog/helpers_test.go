@@ -1,0 +1,210 @@
+package eventlog
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// checkFor polls f until it returns nil or d passes, then fails with f's
+// last error.
+func checkFor(t *testing.T, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checkFor %s: %v",
+				d, err)
+		}
+		<-tick.C
+	}
+}
+
+// fakeMetrics counts what the log reports.
+type fakeMetrics struct {
+	errors atomic.Int64
+	depth  atomic.Int64
+}
+
+func (m *fakeMetrics) EventPublishError()    { m.errors.Add(1) }
+func (m *fakeMetrics) EventQueueDepth(n int) { m.depth.Store(int64(n)) }
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// openLog opens a log and closes it at the end of the test.
+func openLog(t *testing.T, cfg Config) *Log {
+	t.Helper()
+	if cfg.Node == "" {
+		cfg.Node = "node-1"
+	}
+	l, err := Open(testContext(t), cfg)
+	if err != nil {
+		t.Fatalf("Open: %v",
+			err)
+	}
+	t.Cleanup(func() { closeLog(t, l) })
+	return l
+}
+
+func closeLog(t *testing.T, l *Log) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.Close(ctx); err != nil {
+		t.Errorf("Close: %v",
+			err)
+	}
+}
+
+func flush(t *testing.T, l *Log) {
+	t.Helper()
+	if err := l.Flush(testContext(t)); err != nil {
+		t.Fatalf("Flush: %v",
+			err)
+	}
+}
+
+// countBySubject returns the number of stored messages per subject.
+func countBySubject(t *testing.T, l *Log) map[string]uint64 {
+	t.Helper()
+	info, err := l.Stream().Info(testContext(t), jetstream.WithSubjectFilter(SubjectPrefix+">"))
+	if err != nil {
+		t.Fatalf("stream info: %v",
+			err)
+	}
+	return info.State.Subjects
+}
+
+// storedIDs returns how many times each event id is stored.
+func storedIDs(t *testing.T, l *Log) (map[string]int, []Record) {
+	t.Helper()
+	ids := map[string]int{}
+	var recs []Record
+	err := l.Replay(testContext(t), Query{}, func(r *Record) error {
+		ids[r.Event.ID()]++
+		recs = append(recs, *r)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("Replay: %v",
+			err)
+	}
+	return ids, recs
+}
+
+func opened(node string, epoch, seq, conn uint64, sub string) *event.Event {
+	return &event.Event{
+		Type:        event.TypeConnectionOpened,
+		Node:        node,
+		Epoch:       epoch,
+		Seq:         seq,
+		Time:        time.Date(2026, 1, 2, 3, 4, 5, int(seq), time.UTC),
+		Source:      authn.SourceHeader,
+		ConnID:      conn,
+		Subject:     sub,
+		Subprotocol: "wsbroker.v1",
+		TokenExpiry: time.Date(2026, 1, 2, 4, 4, 5, 0, time.UTC),
+	}
+}
+
+func rejected(node string, epoch, seq uint64, r authn.Reason) *event.Event {
+	return &event.Event{
+		Type:   event.TypeUpgradeRejected,
+		Node:   node,
+		Epoch:  epoch,
+		Seq:    seq,
+		Time:   time.Date(2026, 1, 2, 3, 4, 5, int(seq), time.UTC),
+		Reason: r,
+		Source: authn.SourceHeader,
+		Status: r.Status(),
+		Path:   "/ws",
+		Detail: "test",
+	}
+}
+
+// withConn returns an event of type t on e's connection, numbered seq.
+func withConn(e *event.Event, seq uint64, t event.Type, channel string) *event.Event {
+	c := *e
+	c.Type, c.Channel, c.Seq = t, channel, seq
+	return &c
+}
+
+// natsServer is an external NATS server with JetStream for the tests of
+// the URL mode.
+type natsServer struct {
+	ns   *server.Server
+	port int
+	dir  string
+}
+
+func startNATS(t *testing.T, port int, dir string) *natsServer {
+	t.Helper()
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      port,
+		JetStream: true,
+		StoreDir:  dir,
+		NoSigs:    true,
+		NoLog:     true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v",
+			err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats server on port %d not ready",
+			port)
+	}
+	s := &natsServer{ns: ns, port: ns.Addr().(*net.TCPAddr).Port, dir: dir}
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *natsServer) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port) }
+
+func (s *natsServer) stop() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
+
+// unwritableDir is a path that cannot be created even by root: its parent
+// is a regular file.
+func unwritableDir(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatalf("write %s: %v",
+			f, err)
+	}
+	return filepath.Join(f, "sub")
+}

@@ -1,0 +1,364 @@
+package eventlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+)
+
+func TestSubject(t *testing.T) {
+	tests := []struct {
+		node string
+		typ  event.Type
+		want string
+	}{
+		{
+			node: "node-1",
+			typ:  event.TypeUpgradeRejected,
+			want: "wsbroker.events.node-1.upgrade_rejected",
+		},
+		{
+			node: "node-1",
+			typ:  event.TypeConnectionOpened,
+			want: "wsbroker.events.node-1.connection_opened",
+		},
+		{
+			node: "a.b*c>d e",
+			typ:  event.TypeNodeStarted,
+			want: "wsbroker.events.a_b_c_d_e.node_started",
+		},
+		{
+			node: "",
+			typ:  event.TypeTokenRefreshed,
+			want: "wsbroker.events._.token_refreshed",
+		},
+	}
+	for _, tt := range tests {
+		if got := Subject(tt.node, tt.typ); got != tt.want {
+			t.Errorf("Subject(%q, %s) = %q, want %q",
+				tt.node, tt.typ, got, tt.want)
+		}
+	}
+}
+
+// N opened and M rejected events are stored exactly once each, also when an
+// event is appended twice (a retry).
+func TestAppendExactlyOnce(t *testing.T) {
+	const n, m = 300, 40
+	l := openLog(t, Config{DataDir: t.TempDir()})
+	ctx := testContext(t)
+	for i := range uint64(n) {
+		l.Observe(ctx, opened("node-1", 1, i+1, i+1, fmt.Sprintf("user-%d", i%7)))
+	}
+	for i := range uint64(m) {
+		// Spread over reasons so that no sampling applies.
+		l.Observe(ctx, rejected("node-1", 1, n+i+1, authn.Reason(1+i%uint64(authn.NumReasons-1))))
+	}
+	// A retried append carries the same id: de-duplication keeps one.
+	l.Observe(ctx, opened("node-1", 1, 1, 1, "user-0"))
+	l.Observe(ctx, rejected("node-1", 1, n+1, authn.Reason(1)))
+	flush(t, l)
+
+	counts := countBySubject(t, l)
+	if got := counts["wsbroker.events.node-1.connection_opened"]; got != n {
+		t.Errorf("connection_opened stored %d, want %d",
+			got, n)
+	}
+	if got := counts["wsbroker.events.node-1.upgrade_rejected"]; got != m {
+		t.Errorf("upgrade_rejected stored %d, want %d",
+			got, m)
+	}
+	ids, _ := storedIDs(t, l)
+	if len(ids) != n+m {
+		t.Errorf("distinct ids %d, want %d",
+			len(ids), n+m)
+	}
+	for id, c := range ids {
+		if c != 1 {
+			t.Errorf("event %s stored %d times",
+				id, c)
+		}
+	}
+}
+
+// A retry below the log (the same message published again by the appender
+// after a lost ack) is de-duplicated by the stream.
+func TestRetryDeduplicated(t *testing.T) {
+	l := openLog(t, Config{DataDir: t.TempDir()})
+	e := opened("node-1", 7, 1, 1, "alice")
+	for range 3 {
+		l.publish([]event.Event{*e})
+	}
+	if got := countBySubject(t, l)["wsbroker.events.node-1.connection_opened"]; got != 1 {
+		t.Fatalf("stored %d copies, want 1",
+			got)
+	}
+}
+
+func TestProjectionReplayedOnOpen(t *testing.T) {
+	dir := t.TempDir()
+	ctx := testContext(t)
+	l1, err := Open(ctx, Config{DataDir: dir, Node: "node-1"})
+	if err != nil {
+		t.Fatalf("Open: %v",
+			err)
+	}
+	a1 := opened("node-1", 1, 1, 1, "alice")
+	a2 := opened("node-1", 1, 2, 2, "alice")
+	b := opened("node-1", 1, 3, 3, "bob")
+	for _, e := range []*event.Event{
+		a1,
+		a2,
+		b,
+		withConn(a1, 4, event.TypeSubscriptionAdded, "news"),
+		withConn(b, 5, event.TypeSubscriptionAdded, "news"),
+		withConn(b, 6, event.TypeSubscriptionAdded, "sport"),
+		{Type: event.TypeConnectionClosed, Node: "node-1", Epoch: 1, Seq: 9, ConnID: 2, Subject: "alice", CloseReason: event.CloseClientClosed},
+	} {
+		l1.Observe(ctx, e)
+	}
+	closeLog(t, l1)
+
+	l2 := openLog(t, Config{DataDir: dir, Node: "node-1"})
+	p := l2.Projection().Presence()
+	if p.Connections != 2 || p.Subjects["alice"] != 1 || p.Subjects["bob"] != 1 {
+		t.Errorf("presence after replay = %+v, want alice 1, bob 1",
+			p)
+	}
+	if p.Channels["news"] != 2 || p.Channels["sport"] != 1 {
+		t.Errorf("channels after replay = %v, want news 2, sport 1",
+			p.Channels)
+	}
+	cs := l2.Projection().Connections("bob")
+	if len(cs) != 1 || cs[0].ID != 3 || strings.Join(cs[0].Channels, ",") != "news,sport" || cs[0].Source != "header" {
+		t.Errorf("connections of bob = %+v",
+			cs)
+	}
+	if got := l2.Projection().ChannelPresence("news").Subjects; got["alice"] != 1 || got["bob"] != 1 {
+		t.Errorf("presence in news = %v",
+			got)
+	}
+}
+
+// A node that starts again closes, in the projection, every connection of
+// its earlier epochs: presence is right after a crash.
+func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
+	l := openLog(t, Config{DataDir: t.TempDir()})
+	ctx := testContext(t)
+	old := opened("node-1", 1, 1, 1, "alice")
+	l.Observe(ctx, old)
+	l.Observe(ctx, withConn(old, 10, event.TypeSubscriptionAdded, "news"))
+	l.Observe(ctx, opened("node-1", 1, 2, 2, "bob"))
+	l.Observe(ctx, opened("node-2", 1, 1, 1, "carol"))
+	flush(t, l)
+	checkFor(t, 10*time.Second, func() error {
+		if p := l.Projection().Presence(); p.Connections != 3 {
+			return fmt.Errorf("presence %+v, want 3 connections", p)
+		}
+		return nil
+	})
+
+	started := NodeEvent(event.TypeNodeStarted, "node-1", 2, time.Now())
+	l.Observe(ctx, &started)
+	// Conn id 1 again, in the new epoch: a different connection.
+	l.Observe(ctx, opened("node-1", 2, 1, 1, "dave"))
+	flush(t, l)
+	checkFor(t, 10*time.Second, func() error {
+		p := l.Projection().Presence()
+		if p.Connections != 2 || p.Subjects["carol"] != 1 || p.Subjects["dave"] != 1 || len(p.Channels) != 0 {
+			return fmt.Errorf("presence %+v, want carol and dave, no channels", p)
+		}
+		return nil
+	})
+
+	// A late open from the dead epoch must not resurrect it.
+	l.Observe(ctx, opened("node-1", 1, 3, 3, "eve"))
+	stopped := NodeEvent(event.TypeNodeStopped, "node-2", 1, time.Now())
+	l.Observe(ctx, &stopped)
+	flush(t, l)
+	checkFor(t, 10*time.Second, func() error {
+		p := l.Projection().Presence()
+		if p.Connections != 1 || p.Subjects["dave"] != 1 {
+			return fmt.Errorf("presence %+v, want dave alone", p)
+		}
+		return nil
+	})
+}
+
+func TestRejectionSampling(t *testing.T) {
+	const limit, burst = 50, 1000
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := &fakeMetrics{}
+	l := openLog(t, Config{
+		DataDir:     t.TempDir(),
+		RejectLimit: limit,
+		Metrics:     m,
+		Now:         func() time.Time { return now },
+	})
+	ctx := testContext(t)
+	for i := range uint64(burst) {
+		l.Observe(ctx, rejected("node-1", 1, i+1, authn.ReasonExpired))
+	}
+	// Another reason has its own budget.
+	l.Observe(ctx, rejected("node-1", 1, burst+1, authn.ReasonBadSignature))
+	flush(t, l)
+
+	_, recs := storedIDs(t, l)
+	var stored, sum uint64
+	for _, r := range recs {
+		if r.Event.Reason != authn.ReasonExpired {
+			continue
+		}
+		stored++
+		sum += 1 + r.Event.Suppressed
+	}
+	if stored > limit {
+		t.Errorf("stored %d expired rejections, want at most %d",
+			stored, limit)
+	}
+	if sum != burst {
+		t.Errorf("sum of 1+suppressed = %d, want %d",
+			sum, burst)
+	}
+	if got := countBySubject(t, l)["wsbroker.events.node-1.upgrade_rejected"]; got != stored+1 {
+		t.Errorf("upgrade_rejected stored %d, want %d",
+			got, stored+1)
+	}
+	if got := m.errors.Load(); got != 0 {
+		t.Errorf("publish errors %d, want 0 (sampling is not an error)",
+			got)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		rj := l.Projection().Rejections()
+		if rj.ByReason["expired"] != burst || rj.ByReason["bad_signature"] != 1 {
+			return fmt.Errorf("rejections by reason %v, want expired %d, bad_signature 1", rj.ByReason, burst)
+		}
+		return nil
+	})
+
+	// A new window lets events through again.
+	now = now.Add(time.Second)
+	l.Observe(ctx, rejected("node-1", 1, burst+2, authn.ReasonExpired))
+	flush(t, l)
+	if got := countBySubject(t, l)["wsbroker.events.node-1.upgrade_rejected"]; got != stored+2 {
+		t.Errorf("after a second, upgrade_rejected stored %d, want %d",
+			got, stored+2)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	busy := t.TempDir()
+	openLog(t, Config{DataDir: busy})
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{
+			name: "data dir not writable",
+			cfg:  Config{DataDir: unwritableDir(t)},
+			want: "data-dir",
+		},
+		{
+			name: "data dir empty",
+			cfg:  Config{},
+			want: "data-dir is empty",
+		},
+		{
+			name: "data dir in use",
+			cfg:  Config{DataDir: busy},
+			want: "in use by another process",
+		},
+		{
+			name: "replicas without a cluster",
+			cfg:  Config{DataDir: t.TempDir(), Replicas: 3},
+			want: "replicas",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := Open(testContext(t), tt.cfg)
+			if err == nil {
+				closeLog(t, l)
+				t.Fatalf("Open succeeded, want an error with %q",
+					tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Open: %v, want an error with %q",
+					err, tt.want)
+			}
+		})
+	}
+}
+
+func TestObserveAfterCloseCounted(t *testing.T) {
+	m := &fakeMetrics{}
+	l, err := Open(testContext(t), Config{DataDir: t.TempDir(), Metrics: m})
+	if err != nil {
+		t.Fatalf("Open: %v",
+			err)
+	}
+	closeLog(t, l)
+	l.Observe(context.Background(), opened("node-1", 1, 1, 1, "alice"))
+	if got := m.errors.Load(); got != 1 {
+		t.Fatalf("publish errors %d, want 1",
+			got)
+	}
+}
+
+// The NATS connection drops mid-run: events observed meanwhile wait in the
+// queue and reach the stream, exactly once each, after the reconnect.
+func TestReconnectExactlyOnce(t *testing.T) {
+	store := t.TempDir()
+	s := startNATS(t, 0, store)
+	m := &fakeMetrics{}
+	l := openLog(t, Config{NATSURLs: []string{s.url()}, Metrics: m, PublishTimeout: time.Second})
+	ctx := testContext(t)
+	const before, during = 100, 100
+	for i := range uint64(before) {
+		l.Observe(ctx, opened("node-1", 1, i+1, i+1, "alice"))
+	}
+	flush(t, l)
+
+	s.stop()
+	for i := range uint64(during) {
+		l.Observe(ctx, opened("node-1", 1, before+i+1, before+i+1, "bob"))
+	}
+	fctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err := l.Flush(fctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Flush with NATS down: %v, want a deadline error",
+			err)
+	}
+
+	startNATS(t, s.port, store)
+	flush(t, l)
+	if got := countBySubject(t, l)["wsbroker.events.node-1.connection_opened"]; got != before+during {
+		t.Errorf("stored %d, want %d",
+			got, before+during)
+	}
+	ids, _ := storedIDs(t, l)
+	for id, c := range ids {
+		if c != 1 {
+			t.Errorf("event %s stored %d times",
+				id, c)
+		}
+	}
+	if len(ids) != before+during {
+		t.Errorf("distinct ids %d, want %d",
+			len(ids), before+during)
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if p := l.Projection().Presence(); p.Subjects["bob"] != during {
+			return fmt.Errorf("presence %+v, want bob %d", p, during)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,291 @@
+package eventlog
+
+import (
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/wsbroker/wsbroker/telemetry/event"
+)
+
+// RecentRejections is how many rejected upgrades the projection keeps.
+const RecentRejections = 1000
+
+// Projection is the fold of the event log into presence, the connection
+// list and recent rejections. Apply must see events in stream order; it is
+// idempotent per stream sequence, so a replay that overlaps is harmless.
+type Projection struct {
+	mu        sync.RWMutex
+	seq       uint64
+	conns     map[connKey]*connState
+	bySubject map[string]int
+	byChannel map[string]map[string]int // channel -> subject -> connections
+	epochs    map[string]uint64         // node -> latest started epoch
+	recent    []event.Event             // ring of RecentRejections
+	next      int
+	rejected  map[string]uint64 // reason -> rejections, suppressed included
+}
+
+// connKey identifies a connection across nodes and restarts: conn ids are
+// only unique within one run (epoch) of one node.
+type connKey struct {
+	node  string
+	epoch uint64
+	id    uint64
+}
+
+type connState struct {
+	Conn
+	channels map[string]struct{}
+}
+
+// Conn is an open connection as the log sees it.
+type Conn struct {
+	ID          uint64    `json:"conn_id"`
+	Node        string    `json:"node"`
+	Epoch       uint64    `json:"epoch"`
+	Subject     string    `json:"sub"`
+	Source      string    `json:"source"`
+	Subprotocol string    `json:"subprotocol,omitempty"`
+	RemoteIP    string    `json:"remote_ip,omitempty"`
+	Opened      time.Time `json:"opened"`
+	TokenExpiry time.Time `json:"token_expiry,omitzero"`
+	Channels    []string  `json:"channels"`
+}
+
+// NewProjection returns an empty projection.
+func NewProjection() *Projection {
+	return &Projection{
+		conns:     map[connKey]*connState{},
+		bySubject: map[string]int{},
+		byChannel: map[string]map[string]int{},
+		epochs:    map[string]uint64{},
+		rejected:  map[string]uint64{},
+	}
+}
+
+// Seq returns the stream sequence of the last applied event.
+func (p *Projection) Seq() uint64 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.seq
+}
+
+// Apply folds the event at stream sequence seq into the projection; seq 0
+// means "no sequence" (always applied).
+func (p *Projection) Apply(seq uint64, e *event.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if seq != 0 {
+		if seq <= p.seq {
+			return
+		}
+		p.seq = seq
+	}
+	k := connKey{e.Node, e.Epoch, e.ConnID}
+	switch e.Type {
+	case event.TypeConnectionOpened:
+		// An open from an epoch the node has since restarted out of arrives
+		// late (another node's replicas, a retried append): it is closed.
+		if p.epochs[e.Node] > e.Epoch {
+			return
+		}
+		if _, ok := p.conns[k]; ok {
+			return
+		}
+		c := &connState{Conn: Conn{
+			ID: e.ConnID, Node: e.Node, Epoch: e.Epoch, Subject: e.Subject,
+			Source: e.Source.String(), Subprotocol: e.Subprotocol,
+			Opened: e.Time, TokenExpiry: e.TokenExpiry,
+		}, channels: map[string]struct{}{}}
+		if e.RemoteIP.IsValid() {
+			c.RemoteIP = e.RemoteIP.String()
+		}
+		p.conns[k] = c
+		p.bySubject[e.Subject]++
+	case event.TypeConnectionClosed:
+		if c, ok := p.conns[k]; ok {
+			p.removeLocked(k, c)
+		}
+	case event.TypeSubscriptionAdded:
+		if c, ok := p.conns[k]; ok && e.Channel != "" {
+			if _, dup := c.channels[e.Channel]; !dup {
+				c.channels[e.Channel] = struct{}{}
+				m := p.byChannel[e.Channel]
+				if m == nil {
+					m = map[string]int{}
+					p.byChannel[e.Channel] = m
+				}
+				m[c.Subject]++
+			}
+		}
+	case event.TypeSubscriptionRemoved:
+		if c, ok := p.conns[k]; ok {
+			p.unsubscribeLocked(c, e.Channel)
+		}
+	case event.TypeTokenRefreshed:
+		if c, ok := p.conns[k]; ok && !e.TokenExpiry.IsZero() {
+			c.TokenExpiry = e.TokenExpiry
+		}
+	case event.TypeNodeStarted:
+		// A node that starts again has lost every connection of its earlier
+		// runs, whether it stopped cleanly or crashed.
+		if e.Epoch > p.epochs[e.Node] {
+			p.epochs[e.Node] = e.Epoch
+		}
+		p.closeNodeLocked(e.Node, func(ep uint64) bool { return ep < e.Epoch })
+	case event.TypeNodeStopped:
+		p.closeNodeLocked(e.Node, func(ep uint64) bool { return ep <= e.Epoch })
+	case event.TypeUpgradeRejected:
+		if len(p.recent) < RecentRejections {
+			p.recent = append(p.recent, *e)
+		} else {
+			p.recent[p.next] = *e
+		}
+		p.next = (p.next + 1) % RecentRejections
+		p.rejected[e.Reason.String()] += 1 + e.Suppressed
+	}
+}
+
+func (p *Projection) closeNodeLocked(node string, match func(epoch uint64) bool) {
+	for k, c := range p.conns {
+		if k.node == node && match(k.epoch) {
+			p.removeLocked(k, c)
+		}
+	}
+}
+
+func (p *Projection) removeLocked(k connKey, c *connState) {
+	for ch := range c.channels {
+		p.unsubscribeLocked(c, ch)
+	}
+	delete(p.conns, k)
+	if p.bySubject[c.Subject]--; p.bySubject[c.Subject] <= 0 {
+		delete(p.bySubject, c.Subject)
+	}
+}
+
+func (p *Projection) unsubscribeLocked(c *connState, ch string) {
+	if _, ok := c.channels[ch]; !ok {
+		return
+	}
+	delete(c.channels, ch)
+	m := p.byChannel[ch]
+	if m[c.Subject]--; m[c.Subject] <= 0 {
+		delete(m, c.Subject)
+	}
+	if len(m) == 0 {
+		delete(p.byChannel, ch)
+	}
+}
+
+// Presence is who is connected: open connections per subject and per
+// channel.
+type Presence struct {
+	// Seq is the stream sequence the projection has folded up to.
+	Seq         uint64         `json:"seq"`
+	Connections int            `json:"connections"`
+	Subjects    map[string]int `json:"subjects"`
+	Channels    map[string]int `json:"channels"`
+}
+
+// ChannelPresence is the presence in one channel.
+type ChannelPresence struct {
+	Seq         uint64         `json:"seq"`
+	Channel     string         `json:"channel"`
+	Connections int            `json:"connections"`
+	Subjects    map[string]int `json:"subjects"`
+}
+
+// Presence returns the open connections per subject and per channel.
+func (p *Projection) Presence() Presence {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := Presence{
+		Seq: p.seq, Connections: len(p.conns),
+		Subjects: make(map[string]int, len(p.bySubject)),
+		Channels: make(map[string]int, len(p.byChannel)),
+	}
+	for s, n := range p.bySubject {
+		out.Subjects[s] = n
+	}
+	for ch, m := range p.byChannel {
+		for _, n := range m {
+			out.Channels[ch] += n
+		}
+	}
+	return out
+}
+
+// ChannelPresence returns the subjects subscribed to one channel.
+func (p *Projection) ChannelPresence(channel string) ChannelPresence {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := ChannelPresence{Seq: p.seq, Channel: channel, Subjects: map[string]int{}}
+	for s, n := range p.byChannel[channel] {
+		out.Subjects[s] = n
+		out.Connections += n
+	}
+	return out
+}
+
+// Connections returns the open connections, of one subject if sub is not
+// empty, oldest first.
+func (p *Projection) Connections(sub string) []Conn {
+	p.mu.RLock()
+	out := make([]Conn, 0, len(p.conns))
+	for _, c := range p.conns {
+		if sub != "" && c.Subject != sub {
+			continue
+		}
+		cc := c.Conn
+		cc.Channels = make([]string, 0, len(c.channels))
+		for ch := range c.channels {
+			cc.Channels = append(cc.Channels, ch)
+		}
+		slices.Sort(cc.Channels)
+		out = append(out, cc)
+	}
+	p.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if !a.Opened.Equal(b.Opened) {
+			return a.Opened.Before(b.Opened)
+		}
+		if a.Node != b.Node {
+			return a.Node < b.Node
+		}
+		if a.Epoch != b.Epoch {
+			return a.Epoch < b.Epoch
+		}
+		return a.ID < b.ID
+	})
+	return out
+}
+
+// Rejections is the recent rejected upgrades.
+type Rejections struct {
+	// ByReason counts every rejection folded so far, suppressed ones
+	// included.
+	ByReason map[string]uint64 `json:"by_reason"`
+	// Recent are the last RecentRejections stored events, oldest first.
+	Recent []event.Event `json:"recent"`
+}
+
+// Rejections returns the counts by reason and the recent rejections.
+func (p *Projection) Rejections() Rejections {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := Rejections{ByReason: make(map[string]uint64, len(p.rejected)), Recent: make([]event.Event, 0, len(p.recent))}
+	for r, n := range p.rejected {
+		out.ByReason[r] = n
+	}
+	if len(p.recent) < RecentRejections {
+		out.Recent = append(out.Recent, p.recent...)
+	} else {
+		out.Recent = append(out.Recent, p.recent[p.next:]...)
+		out.Recent = append(out.Recent, p.recent[:p.next]...)
+	}
+	return out
+}

@@ -1,0 +1,157 @@
+package eventlog
+
+import (
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbroker/wsbroker/telemetry/event"
+)
+
+// pending is one append in flight.
+type pending struct {
+	msg *nats.Msg
+	fut jetstream.PubAckFuture
+	err error
+}
+
+// run is the appender: it takes events off the queue in batches (up to
+// maxBatch, or what arrives within batchLinger of the first), publishes each
+// batch asynchronously and waits for its acks here, off the producers' path.
+// Failed appends are retried with the same Nats-Msg-Id, so the stream's
+// de-duplication keeps exactly one copy whatever got through before.
+func (l *Log) run() {
+	defer l.wg.Done()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	batch := make([]event.Event, 0, maxBatch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	for {
+		batch = batch[:0]
+		select {
+		case e := <-l.queue:
+			batch = append(batch, e)
+		case <-tick.C:
+			l.sampler.releaseExpired(l, l.cfg.Now())
+			l.queueDepth()
+			continue
+		case <-l.stop:
+			l.drain(batch)
+			return
+		}
+		linger.Reset(batchLinger)
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case e := <-l.queue:
+				batch = append(batch, e)
+			case <-linger.C:
+				break fill
+			case <-l.stop:
+				break fill
+			}
+		}
+		linger.Stop()
+		l.publish(batch)
+		l.queueDepth()
+	}
+}
+
+// drain appends what is left in the queue when the log closes.
+func (l *Log) drain(batch []event.Event) {
+	for {
+		batch = batch[:0]
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case e := <-l.queue:
+				batch = append(batch, e)
+			default:
+				break fill
+			}
+		}
+		if len(batch) == 0 {
+			return
+		}
+		l.publish(batch)
+	}
+}
+
+// publish appends a batch and returns once every event of it is acked or
+// the log is abandoned.
+func (l *Log) publish(batch []event.Event) {
+	ps := make([]pending, 0, len(batch))
+	for i := range batch {
+		m, err := l.message(&batch[i])
+		if err != nil {
+			l.log.Warn("eventlog: event not encodable", "type", batch[i].Type.String(), "err", err)
+			l.publishError()
+			l.markDone(1)
+			continue
+		}
+		ps = append(ps, pending{msg: m})
+	}
+	backoff := 50 * time.Millisecond
+	for len(ps) > 0 {
+		for i := range ps {
+			ps[i].fut, ps[i].err = l.js.PublishMsgAsync(ps[i].msg)
+		}
+		failed := ps[:0]
+		var lastErr error
+		acked := 0
+		for _, p := range ps {
+			if p.err == nil {
+				select {
+				case <-p.fut.Ok():
+				case p.err = <-p.fut.Err():
+				case <-l.hardStop.Done():
+					p.err = l.hardStop.Err()
+				}
+			}
+			switch {
+			case p.err == nil:
+				acked++
+			case errors.Is(p.err, nats.ErrMaxPayload):
+				// Never going to fit: retrying would wedge the appender.
+				l.log.Warn("eventlog: event too large for NATS", "subject", p.msg.Subject)
+				l.publishError()
+				acked++
+			default:
+				lastErr = p.err
+				failed = append(failed, p)
+			}
+		}
+		l.markDone(acked)
+		ps = failed
+		if len(ps) == 0 {
+			return
+		}
+		if l.hardStop.Err() != nil {
+			for range ps {
+				l.publishError()
+			}
+			l.markDone(len(ps))
+			return
+		}
+		l.log.Warn("eventlog: append failed, retrying", "events", len(ps), "err", lastErr, "backoff", backoff.String())
+		select {
+		case <-time.After(backoff):
+		case <-l.hardStop.Done():
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (l *Log) message(e *event.Event) (*nats.Msg, error) {
+	b, err := e.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	m := nats.NewMsg(Subject(e.Node, e.Type))
+	m.Data = b
+	m.Header.Set(jetstream.MsgIDHeader, e.ID())
+	return m, nil
+}

@@ -1,0 +1,281 @@
+package eventlog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+	"github.com/wsbroker/wsbroker/telemetry/redact"
+)
+
+// Query limits.
+const (
+	DefaultQueryLimit = 100
+	MaxQueryLimit     = 1000
+)
+
+// Query selects events of the log.
+type Query struct {
+	// Type, if not TypeUnknown, keeps events of that type.
+	Type event.Type
+	// Reason keeps events whose reason or close reason has this label.
+	Reason string
+	// SinceSeq starts at this stream sequence (inclusive); SinceTime at
+	// this time. Neither: from the start of the stream (queries) or from
+	// now on (Tail).
+	SinceSeq  uint64
+	SinceTime time.Time
+	// Limit bounds the events returned; 0 is unbounded for Replay and
+	// DefaultQueryLimit for the admin API.
+	Limit int
+}
+
+// ParseSince reads a since value: a stream sequence or an RFC 3339 time.
+func ParseSince(s string) (seq uint64, t time.Time, err error) {
+	if s == "" {
+		return 0, time.Time{}, nil
+	}
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		return n, time.Time{}, nil
+	}
+	t, err = time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("since %q: neither a stream sequence nor an RFC 3339 time", s)
+	}
+	return 0, t, nil
+}
+
+// Record is one stored event and its stream sequence.
+type Record struct {
+	Seq   uint64
+	Event event.Event
+}
+
+// MarshalJSON encodes the event as CloudEvents JSON with the stream
+// sequence as the `sequence` extension attribute (the CloudEvents sequence
+// extension, a string).
+func (r *Record) MarshalJSON() ([]byte, error) {
+	b, err := r.Event.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(b)+32)
+	out = append(out, `{"sequence":"`...)
+	out = strconv.AppendUint(out, r.Seq, 10)
+	out = append(out, `",`...)
+	return append(out, b[1:]...), nil
+}
+
+// UnmarshalJSON decodes what MarshalJSON encodes.
+func (r *Record) UnmarshalJSON(b []byte) error {
+	var s struct {
+		Sequence string `json:"sequence"`
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	if s.Sequence != "" {
+		n, err := strconv.ParseUint(s.Sequence, 10, 64)
+		if err != nil {
+			return fmt.Errorf("sequence %q: %w", s.Sequence, err)
+		}
+		r.Seq = n
+	}
+	return r.Event.UnmarshalJSON(b)
+}
+
+func (q Query) match(e *event.Event) bool {
+	if q.Type != event.TypeUnknown && e.Type != q.Type {
+		return false
+	}
+	if q.Reason != "" {
+		switch {
+		case e.Type == event.TypeUpgradeRejected || e.Type == event.TypeConnectionOpened:
+			if e.Reason.String() != q.Reason {
+				return false
+			}
+		case e.CloseReason != event.CloseNone:
+			if e.CloseReason.String() != q.Reason {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func (q Query) filter() string {
+	if q.Type != event.TypeUnknown {
+		return TypeSubject(q.Type)
+	}
+	return SubjectPrefix + ">"
+}
+
+func (q Query) deliver(def jetstream.DeliverPolicy) (jetstream.DeliverPolicy, uint64, *time.Time) {
+	switch {
+	case q.SinceSeq > 0:
+		return jetstream.DeliverByStartSequencePolicy, q.SinceSeq, nil
+	case !q.SinceTime.IsZero():
+		t := q.SinceTime
+		return jetstream.DeliverByStartTimePolicy, 0, &t
+	}
+	return def, 0, nil
+}
+
+// Replay calls fn with every matching event stored when it starts, in
+// stream order, up to q.Limit (0: all). It stops early when fn returns an
+// error, which it returns.
+func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error {
+	pol, seq, t := q.deliver(jetstream.DeliverAllPolicy)
+	// An ephemeral consumer knows at creation how many messages match, so
+	// the replay ends exactly at the stream's end as of now.
+	cons, err := l.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		AckPolicy:         jetstream.AckNonePolicy,
+		DeliverPolicy:     pol,
+		OptStartSeq:       seq,
+		OptStartTime:      t,
+		FilterSubject:     q.filter(),
+		InactiveThreshold: 30 * time.Second,
+		MemoryStorage:     true,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: query consumer: %w", err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = l.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
+	remaining := cons.CachedInfo().NumPending
+	found := 0
+	for remaining > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch, err := cons.Fetch(int(min(remaining, 256)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return fmt.Errorf("eventlog: query fetch: %w", err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			remaining--
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			r := Record{Seq: md.Sequence.Stream}
+			if err := r.Event.UnmarshalJSON(m.Data()); err != nil || !q.match(&r.Event) {
+				continue
+			}
+			if err := fn(&r); err != nil {
+				return err
+			}
+			if found++; q.Limit > 0 && found >= q.Limit {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return fmt.Errorf("eventlog: query fetch: %w", err)
+		}
+		if got == 0 {
+			// Messages aged out under us: what is left is gone.
+			return nil
+		}
+	}
+	return nil
+}
+
+// Events returns up to q.Limit matching events (default DefaultQueryLimit,
+// at most MaxQueryLimit).
+func (l *Log) Events(ctx context.Context, q Query) ([]Record, error) {
+	if q.Limit <= 0 {
+		q.Limit = DefaultQueryLimit
+	}
+	q.Limit = min(q.Limit, MaxQueryLimit)
+	out := []Record{}
+	err := l.Replay(ctx, q, func(r *Record) error {
+		out = append(out, *r)
+		return nil
+	})
+	return out, err
+}
+
+// Tail calls fn with every matching event appended from q's since on (from
+// now on when neither since is set) until ctx ends or fn fails.
+func (l *Log) Tail(ctx context.Context, q Query, fn func(*Record) error) error {
+	pol, seq, t := q.deliver(jetstream.DeliverNewPolicy)
+	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{q.filter()},
+		DeliverPolicy:  pol,
+		OptStartSeq:    seq,
+		OptStartTime:   t,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: tail consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("eventlog: tail: %w", err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	n := 0
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return fmt.Errorf("eventlog: tail: %w", err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		r := Record{Seq: md.Sequence.Stream}
+		if err := r.Event.UnmarshalJSON(m.Data()); err != nil || !q.match(&r.Event) {
+			continue
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+		if n++; q.Limit > 0 && n >= q.Limit {
+			return nil
+		}
+	}
+}
+
+// Redact passes the event's free-text fields through redact.Text: the broker
+// already redacts what it records, this is defense in depth for what the
+// log serves.
+func Redact(e *event.Event) {
+	for _, s := range []*string{
+		&e.Node, &e.Origin, &e.UserAgent, &e.Path, &e.RequestID, &e.Alg, &e.Kid,
+		&e.ClaimedIss, &e.ClaimedSub, &e.Detail, &e.Subject, &e.Subprotocol, &e.Channel,
+	} {
+		if *s != "" {
+			*s = redact.Text(*s)
+		}
+	}
+}
+
+// reasonKnown reports whether s names an authn reason or a close reason.
+func reasonKnown(s string) bool {
+	if _, ok := authn.ParseReason(s); ok {
+		return true
+	}
+	_, ok := event.ParseCloseReason(s)
+	return ok
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
