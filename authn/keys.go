@@ -177,6 +177,7 @@ var (
 	errUnknownKey      = errors.New("no key with this kid")
 	errKeysUnavailable = errors.New("key set unavailable")
 	errAlgNotAllowed   = errors.New("algorithm not allowed")
+	errCritHeader      = errors.New("token has a crit header parameter; no extension is understood")
 )
 
 // RefreshHook observes a JWKS fetch: it is called as the fetch starts and
@@ -184,9 +185,14 @@ var (
 // uses it for the keys.refresh span and wsbroker_keys_refresh_total.
 type RefreshHook func(ctx context.Context) func(err error)
 
-// remoteKeys wraps a keyfunc JWKS client.
+// remoteKeys wraps a keyfunc JWKS client. Unknown-kid refreshes are gated
+// by our own limiter, checked without waiting: a flood of made-up kids
+// costs one fetch per interval and never blocks a handshake on the limiter.
+// (keyfunc's own limiter shares its wait deadline with the fetch itself, so
+// it is left wide open and only bounds the fetch time.)
 type remoteKeys struct {
-	kf keyfunc.Keyfunc
+	kf      keyfunc.Keyfunc
+	refresh *rate.Limiter
 }
 
 func newRemoteKeys(ctx context.Context, url string, client *http.Client, minRefresh time.Duration, hook RefreshHook) (*remoteKeys, error) {
@@ -199,8 +205,8 @@ func newRemoteKeys(ctx context.Context, url string, client *http.Client, minRefr
 	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{url}, keyfunc.Override{
 		Client:                    &c,
 		RefreshInterval:           time.Hour,
-		RefreshUnknownKID:         rate.NewLimiter(rate.Every(minRefresh), 1),
-		RateLimitWaitMax:          time.Millisecond,
+		RefreshUnknownKID:         rate.NewLimiter(rate.Inf, 1),
+		RateLimitWaitMax:          10 * time.Second,
 		NoErrorReturnFirstHTTPReq: &noErr,
 		// Errors are counted by the hook; keyfunc's own default logs to the
 		// global slog logger, which this program never uses.
@@ -211,7 +217,7 @@ func newRemoteKeys(ctx context.Context, url string, client *http.Client, minRefr
 	if err != nil {
 		return nil, fmt.Errorf("jwks-url: %w", err)
 	}
-	return &remoteKeys{kf: kf}, nil
+	return &remoteKeys{kf: kf, refresh: rate.NewLimiter(rate.Every(minRefresh), 1)}, nil
 }
 
 func transportOf(c *http.Client) http.RoundTripper {
@@ -250,8 +256,13 @@ func (t *refreshTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 func (r *remoteKeys) lookup(ctx context.Context, kid string, kind keyKind) ([]jwt.VerificationKey, error) {
 	store := r.kf.Storage()
 	if kid != "" {
-		j, err := store.KeyRead(ctx, kid)
-		if err != nil {
+		j, ok := r.cached(ctx, kid)
+		if !ok && r.refresh.Allow() {
+			var err error
+			j, err = store.KeyRead(ctx, kid) // refreshes on a miss
+			ok = err == nil
+		}
+		if !ok {
 			if r.empty(ctx) {
 				return nil, errKeysUnavailable
 			}
@@ -277,6 +288,20 @@ func (r *remoteKeys) lookup(ctx context.Context, kid string, kind keyKind) ([]jw
 		return nil, errUnknownKey
 	}
 	return out, nil
+}
+
+// cached finds kid in the keys fetched so far, without fetching.
+func (r *remoteKeys) cached(ctx context.Context, kid string) (jwkset.JWK, bool) {
+	all, err := r.kf.Storage().KeyReadAll(ctx)
+	if err != nil {
+		return jwkset.JWK{}, false
+	}
+	for _, j := range all {
+		if j.Marshal().KID == kid {
+			return j, true
+		}
+	}
+	return jwkset.JWK{}, false
 }
 
 func (r *remoteKeys) empty(ctx context.Context) bool {

@@ -140,6 +140,12 @@ func NewVerifier(ctx context.Context, cfg VerifyConfig) (*Verifier, error) {
 	return v, nil
 }
 
+// KeysLoaded reports whether a key is available: static keys always are; a
+// JWKS URL only once a fetch has succeeded. Readiness checks use it.
+func (v *Verifier) KeysLoaded(ctx context.Context) bool {
+	return len(v.static) > 0 || v.remote != nil && !v.remote.empty(ctx)
+}
+
 // Algs returns the allow-list.
 func (v *Verifier) Algs() []string {
 	out := make([]string, 0, len(v.algs))
@@ -198,6 +204,11 @@ func (v *Verifier) Verify(ctx context.Context, token []byte) (Principal, Verdict
 }
 
 func (v *Verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		// RFC 7515 §4.1.11: a recipient that does not understand a critical
+		// extension must reject the token; this one understands none.
+		return nil, errCritHeader
+	}
 	alg := t.Method.Alg()
 	if !v.algs[alg] {
 		return nil, errAlgNotAllowed
@@ -249,6 +260,8 @@ func classify(err error) Reason {
 	switch {
 	case errors.Is(err, errAlgNotAllowed):
 		return ReasonAlgNotAllowed
+	case errors.Is(err, errCritHeader):
+		return ReasonMalformedToken
 	case errors.Is(err, errKeysUnavailable):
 		return ReasonKeysUnavailable
 	case errors.Is(err, errUnknownKey):

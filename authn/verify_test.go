@@ -87,6 +87,21 @@ func TestAlgorithms(t *testing.T) {
 			reason: ReasonBadSignature,
 		},
 		{name: "ES256 signed by another key", token: sign(t, jwt.SigningMethodES256, "", claimsFor("a", now), mustEC(t)), reason: ReasonBadSignature},
+		{
+			name: "crit header",
+			token: func() []byte {
+				tk := jwt.NewWithClaims(jwt.SigningMethodHS256, claimsFor("a", now))
+				tk.Header["crit"] = []string{"exp"}
+				s, _ := tk.SignedString(secret)
+				return []byte(s)
+			}(),
+			reason: ReasonMalformedToken,
+		},
+		{
+			name:   "deeply nested claims",
+			token:  sign(t, jwt.SigningMethodHS256, "", jwt.MapClaims{"sub": "a", "exp": now.Add(time.Hour).Unix(), "x": nested(5000)}, secret),
+			reason: ReasonNone,
+		},
 		{name: "made-up alg", token: []byte("eyJhbGciOiJYWVoiLCJ0eXAiOiJKV1QifQ.eyJzdWIiOiJhIn0.c2ln"), reason: ReasonAlgNotAllowed},
 	}
 	for _, tt := range tests {
@@ -102,6 +117,14 @@ func TestAlgorithms(t *testing.T) {
 			}
 		})
 	}
+}
+
+func nested(depth int) any {
+	var v any = 1
+	for range depth {
+		v = []any{v}
+	}
+	return v
 }
 
 func mustPKIX(t testing.TB, k crypto.PublicKey) []byte {
@@ -168,6 +191,14 @@ func TestJWKSRefreshOnUnknownKid(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The first fetch runs in the background; wait for it so that the k1
+	// check below does not spend the unknown-kid refresh.
+	for deadline := time.Now().Add(5 * time.Second); !v.KeysLoaded(ctx); {
+		if time.Now().After(deadline) {
+			t.Fatalf("JWKS not loaded within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	now := time.Now()
 	if _, vd := v.Verify(ctx, sign(t, jwt.SigningMethodRS256, "k1", claimsFor("a", now), k1)); vd.Reason != ReasonNone {
