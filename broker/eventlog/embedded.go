@@ -37,7 +37,8 @@ func startEmbedded(dataDir, node string) (*server.Server, func(), error) {
 	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lf.Close()
 		return nil, nil, fmt.Errorf("eventlog: data-dir %q is in use by another process (one process owns a data dir; "+
-			"read a running broker's events over its admin API or a shared NATS with --nats-url): %w", dataDir, err)
+			"give each broker its own --data-dir, share a NATS with --nats-url, or read a running broker's events "+
+			"over its admin API /v1/events): %w", dataDir, err)
 	}
 	unlock := func() {
 		_ = syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)

@@ -57,6 +57,12 @@ type serveOptions struct {
 	expiryLeeway, jwksMinRefresh time.Duration
 	writeTimeout                 time.Duration
 	maxHandshakes                int
+	// Event log (broker/eventlog).
+	events         bool
+	dataDir        string
+	natsURLs       []string
+	eventsMaxAge   time.Duration
+	eventsMaxBytes int64
 }
 
 func newServeCmd() *cobra.Command {
@@ -118,6 +124,11 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&o.maxSubscriptions, "max-subscriptions", d.MaxSubscriptions, "subscriptions per connection")
 	f.DurationVar(&o.shutdownDrain, "shutdown-drain", d.ShutdownDrain, "bound on the wait for connections to close on SIGTERM")
 	f.Float64Var(&o.traceSuccessRatio, "trace-success-ratio", 0.01, "share of successful upgrades whose traces are exported (failures always are)")
+	f.BoolVar(&o.events, "events", true, "append every event to the event log (NATS JetStream) and serve /v1/presence, /v1/connections, /v1/events")
+	f.StringVar(&o.dataDir, "data-dir", "./data", "directory of the embedded event store (one process owns it)")
+	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of an external cluster for the event log; default: NATS embedded on --data-dir")
+	f.DurationVar(&o.eventsMaxAge, "events-max-age", 168*time.Hour, "events older than this are dropped from the log")
+	f.Int64Var(&o.eventsMaxBytes, "events-max-bytes", 1<<30, "the log drops its oldest events beyond this size")
 	return cmd
 }
 
@@ -224,12 +235,25 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	cfg.ChannelClaim, cfg.SubscribeClaim, cfg.PublishClaim = o.channelClaim, o.subscribeClaim, o.publishClaim
 	cfg.MaxSubscriptions, cfg.ShutdownDrain = o.maxSubscriptions, o.shutdownDrain
 
+	epoch := uint64(time.Now().UnixNano())
+	sink := event.Sinks{metrics, telemetry.NewEventLogger(logger)}
+	evlog, err := openEventLog(ctx, o, metrics, logger)
+	if err != nil {
+		return err
+	}
+	if evlog != nil {
+		sink = append(sink, evlog)
+		// Deferred: runs after srv.Shutdown below, so the stop follows
+		// every close of the drain.
+		defer stopEventLog(evlog, sink, o.nodeID, epoch, logger)
+		startEventLog(ctx, sink, o.nodeID, epoch)
+	}
 	deps := broker.Deps{
 		Extractor: ex, Verifier: verifier, Origins: origins, Metrics: metrics,
-		Sink:     event.Sinks{metrics, telemetry.NewEventLogger(logger)},
+		Sink:     sink,
 		Logger:   logger,
 		Redactor: redact.New(o.queryParam),
-		Epoch:    uint64(time.Now().UnixNano()),
+		Epoch:    epoch,
 	}
 	if tp.Enabled() {
 		deps.Tracer = tp.Tracer()
@@ -260,6 +284,9 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 		}
 		io.WriteString(w, "ready\n")
 	})
+	if evlog != nil {
+		evlog.Register(mux)
+	}
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(wsLn) }()
