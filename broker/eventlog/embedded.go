@@ -11,6 +11,10 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
+// ErrDataDirInUse is returned by Open when another process owns the data
+// dir.
+var ErrDataDirInUse = errors.New("data dir locked")
+
 // startEmbedded runs a NATS server with JetStream inside the process, file
 // store under dataDir/jetstream, no network listener (clients connect in
 // process). It locks dataDir first: two processes on one store would
@@ -36,9 +40,9 @@ func startEmbedded(dataDir, node string) (*server.Server, func(), error) {
 	}
 	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		lf.Close()
-		return nil, nil, fmt.Errorf("eventlog: data-dir %q is in use by another process (one process owns a data dir; "+
+		return nil, nil, fmt.Errorf("eventlog: data-dir %q is in use by another process (%w: %v; one process owns a data dir; "+
 			"give each broker its own --data-dir, share a NATS with --nats-url, or read a running broker's events "+
-			"over its admin API /v1/events): %w", dataDir, err)
+			"over its admin API /v1/events)", dataDir, ErrDataDirInUse, err)
 	}
 	unlock := func() {
 		_ = syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)

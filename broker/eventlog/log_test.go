@@ -256,9 +256,10 @@ func TestOpenErrors(t *testing.T) {
 	busy := t.TempDir()
 	openLog(t, Config{DataDir: busy})
 	tests := []struct {
-		name string
-		cfg  Config
-		want string
+		name   string
+		cfg    Config
+		want   string
+		wantIs error
 	}{
 		{
 			name: "data dir not writable",
@@ -271,9 +272,10 @@ func TestOpenErrors(t *testing.T) {
 			want: "data-dir is empty",
 		},
 		{
-			name: "data dir in use",
-			cfg:  Config{DataDir: busy},
-			want: "in use by another process",
+			name:   "data dir in use",
+			cfg:    Config{DataDir: busy},
+			want:   "in use by another process",
+			wantIs: ErrDataDirInUse,
 		},
 		{
 			name: "replicas without a cluster",
@@ -292,6 +294,10 @@ func TestOpenErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Open: %v, want an error with %q",
 					err, tt.want)
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Fatalf("Open: %v, want errors.Is %v",
+					err, tt.wantIs)
 			}
 		})
 	}

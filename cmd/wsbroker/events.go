@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,7 +45,7 @@ func newEventsCmd() *cobra.Command {
 	}
 	f := cmd.PersistentFlags()
 	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of the event stream; default: the embedded store under --data-dir")
-	f.StringVar(&o.dataDir, "data-dir", "./data", "data dir of a stopped broker's embedded event store")
+	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "data dir of a stopped broker's embedded event store")
 	f.StringVar(&o.typ, "type", "", "only events of this type (e.g. upgrade.rejected, wsbroker.connection.closed)")
 	f.StringVar(&o.reason, "reason", "", "only events with this reason or close reason (e.g. expired, slow_consumer)")
 	f.StringVar(&o.since, "since", "", "start at this stream sequence (inclusive) or RFC 3339 time")
@@ -264,6 +265,9 @@ func sortedCounts(m map[string]int) []count {
 	return out
 }
 
+// defaultDataDir is the default of serve --data-dir.
+const defaultDataDir = "./data"
+
 // openEventLog opens the event log configured by the serve flags; nil when
 // --events=false.
 func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logger *slog.Logger) (*eventlog.Log, error) {
@@ -286,6 +290,15 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 		return nil, fmt.Errorf("events-max-bytes: %d, want > 0", o.eventsMaxBytes)
 	}
 	l, err := eventlog.Open(ctx, cfg)
+	if err != nil && len(o.natsURLs) == 0 && o.dataDir == defaultDataDir && errors.Is(err, eventlog.ErrDataDirInUse) {
+		// Several brokers started in one directory with default flags (test
+		// harnesses do): the first owns ./data, the others run without an
+		// event log rather than not at all. An explicit --data-dir that is
+		// in use stays an error.
+		logger.Warn("event log disabled: the default data dir is in use by another process; set --data-dir or --nats-url",
+			"data_dir", o.dataDir, "err", err)
+		return nil, nil
+	}
 	if err != nil {
 		if len(o.natsURLs) > 0 {
 			return nil, fmt.Errorf("nats-url: %w", err)

@@ -125,7 +125,7 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&o.shutdownDrain, "shutdown-drain", d.ShutdownDrain, "bound on the wait for connections to close on SIGTERM")
 	f.Float64Var(&o.traceSuccessRatio, "trace-success-ratio", 0.01, "share of successful upgrades whose traces are exported (failures always are)")
 	f.BoolVar(&o.events, "events", true, "append every event to the event log (NATS JetStream) and serve /v1/presence, /v1/connections, /v1/events")
-	f.StringVar(&o.dataDir, "data-dir", "./data", "directory of the embedded event store (one process owns it)")
+	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "directory of the embedded event store (one process owns it)")
 	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of an external cluster for the event log; default: NATS embedded on --data-dir")
 	f.DurationVar(&o.eventsMaxAge, "events-max-age", 168*time.Hour, "events older than this are dropped from the log")
 	f.Int64Var(&o.eventsMaxBytes, "events-max-bytes", 1<<30, "the log drops its oldest events beyond this size")
