@@ -140,12 +140,14 @@ type process struct {
 }
 
 // startProcess runs bin with args and env (added to the environment without
-// OTEL_* and WSBROKER_* variables) and stops it at the end of the test.
+// OTEL_* and WSBROKER_* variables) in a directory of its own (a broker's
+// default --data-dir is relative), and stops it at the end of the test.
 func startProcess(t testing.TB, name, bin string, args, env []string) *process {
 	t.Helper()
 	p := &process{name: name, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(cleanEnv(os.Environ()), env...)
+	p.cmd.Dir = t.TempDir()
 	p.cmd.Stdout = p.stdout
 	p.cmd.Stderr = p.stderr
 	if err := p.cmd.Start(); err != nil {
