@@ -67,6 +67,9 @@ type Config struct {
 	MaxConns           int
 
 	// Connection lifecycle.
+	// FrameTimeout bounds reading the rest of a frame once its first bytes
+	// arrived: a peer that sends half a frame cannot hold a worker.
+	FrameTimeout   time.Duration
 	PingInterval   time.Duration
 	IdleTimeout    time.Duration
 	WriteTimeout   time.Duration
@@ -104,6 +107,7 @@ func DefaultConfig() Config {
 		FailureRate:        1,
 		MaxConnsPerSubject: 100,
 		MaxConns:           100000,
+		FrameTimeout:       5 * time.Second,
 		PingInterval:       30 * time.Second,
 		IdleTimeout:        90 * time.Second,
 		WriteTimeout:       10 * time.Second,
@@ -167,6 +171,7 @@ func (c *Config) fill() error {
 		}
 	}
 	set(&c.HandshakeTimeout, d.HandshakeTimeout)
+	set(&c.FrameTimeout, d.FrameTimeout)
 	set(&c.PingInterval, d.PingInterval)
 	set(&c.IdleTimeout, d.IdleTimeout)
 	set(&c.WriteTimeout, d.WriteTimeout)

@@ -179,10 +179,6 @@ func (c *Conn) expired() {
 	c.close(event.CloseTokenExpired, CloseTokenExpired, "token_expired")
 }
 
-// frameReadTimeout bounds reading the rest of a frame once its first byte
-// arrived: a peer that sends half a frame cannot hold a worker.
-const frameReadTimeout = 5 * time.Second
-
 // payloadPool holds read buffers; a buffer is only held while a frame is
 // being handled.
 var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -194,11 +190,11 @@ func (c *Conn) onReadable(_ *poller.Desc, _ poller.Event) bool {
 		// sweep closes the connection when it passes.
 		_ = c.nc.SetReadDeadline(time.Time{})
 	} else {
-		_ = c.nc.SetReadDeadline(c.s.now().Add(frameReadTimeout))
+		_ = c.nc.SetReadDeadline(c.s.now().Add(c.s.cfg.FrameTimeout))
 	}
 	hdr, err := c.readHeader()
 	if c.blocking {
-		_ = c.nc.SetReadDeadline(c.s.now().Add(frameReadTimeout))
+		_ = c.nc.SetReadDeadline(c.s.now().Add(c.s.cfg.FrameTimeout))
 	}
 	if err != nil {
 		c.readFailed(err)

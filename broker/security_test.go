@@ -137,7 +137,7 @@ func TestForwardedForNeedsTrustedProxy(t *testing.T) {
 // TestFrameSlowloris: a peer that sends half a frame and stalls is cut off
 // by the frame read timeout instead of holding a worker.
 func TestFrameSlowloris(t *testing.T) {
-	b := newTestBroker(t, brokerOpts{})
+	b := newTestBroker(t, brokerOpts{cfg: func(c *Config) { c.FrameTimeout = 500 * time.Millisecond }})
 	c := b.connect(validClaims("slow"))
 	// A masked text frame header announcing 100 bytes, then 10 of them.
 	hdr := []byte{0x81, 0x80 | 100, 1, 2, 3, 4}
