@@ -43,6 +43,7 @@ type serveOptions struct {
 	maxHandshakeBytes            int
 	maxConnsPerSubject, maxConns int
 	pingInterval, idleTimeout    time.Duration
+	frameTimeout                 time.Duration
 	maxMessageSize               int
 	sendQueue                    int
 	channelClaim                 string
@@ -112,6 +113,7 @@ func newServeCmd() *cobra.Command {
 	f.Float64Var(&o.failureRate, "failure-rate", d.FailureRate, "failed attempts per second regained per client address")
 	f.IntVar(&o.maxConnsPerSubject, "max-conns-per-subject", d.MaxConnsPerSubject, "connections one subject may hold (0: no cap)")
 	f.IntVar(&o.maxConns, "max-conns", d.MaxConns, "connections this node may hold")
+	f.DurationVar(&o.frameTimeout, "frame-timeout", d.FrameTimeout, "bound on receiving the rest of a frame once it started (slowloris)")
 	f.DurationVar(&o.pingInterval, "ping-interval", d.PingInterval, "ping a connection quiet for this long")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", d.IdleTimeout, "close a connection quiet for this long (idle_timeout)")
 	f.DurationVar(&o.writeTimeout, "write-timeout", d.WriteTimeout, "bound on one write to a connection")
@@ -231,6 +233,7 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	cfg.FailureBurst, cfg.FailureRate = o.failureBurst, o.failureRate
 	cfg.MaxConnsPerSubject, cfg.MaxConns = o.maxConnsPerSubject, o.maxConns
 	cfg.PingInterval, cfg.IdleTimeout, cfg.WriteTimeout = o.pingInterval, o.idleTimeout, o.writeTimeout
+	cfg.FrameTimeout = o.frameTimeout
 	cfg.ExpiryLeeway, cfg.MaxMessageSize, cfg.SendQueue = o.expiryLeeway, o.maxMessageSize, o.sendQueue
 	cfg.ChannelClaim, cfg.SubscribeClaim, cfg.PublishClaim = o.channelClaim, o.subscribeClaim, o.publishClaim
 	cfg.MaxSubscriptions, cfg.ShutdownDrain = o.maxSubscriptions, o.shutdownDrain
@@ -277,9 +280,15 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", telemetry.Handler(reg))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !srv.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case !srv.Ready():
+			http.Error(w, "not ready: not accepting connections", http.StatusServiceUnavailable)
+			return
+		case !verifier.KeysLoaded(r.Context()):
+			// Every token would be keys_unavailable: keep the load
+			// balancer away until the JWKS has been fetched once.
+			http.Error(w, "not ready: no verification key loaded yet (JWKS not fetched)", http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")
