@@ -1,0 +1,204 @@
+package telemetrye2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/telemetry"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+	"github.com/wsbroker/wsbroker/telemetry/redact"
+	"github.com/wsbroker/wsbroker/telemetry/tracing"
+)
+
+// telemetryLevel is how much of the broker's telemetry a benchmark runs.
+type telemetryLevel int
+
+const (
+	// telemetryOff: no sink, no tracer, logs discarded. The Metrics
+	// collectors still exist (the broker requires them; verify durations
+	// and handshake errors are observed on them directly) but nothing
+	// derives metrics from events.
+	telemetryOff telemetryLevel = iota
+	// telemetryMetrics: the metrics sink only.
+	telemetryMetrics
+	// telemetryFull: metrics, the event logger (JSON to io.Discard) and
+	// tracing with an in-memory exporter, successes kept at 1% as in
+	// production (failures are always kept).
+	telemetryFull
+)
+
+// BenchmarkUpgrade measures accepted upgrades per second (dial, handshake
+// with an HS256 bearer token, 101, close) against an in-process broker,
+// with the telemetry off, metrics only, and fully on; the observability
+// tax is the ratio of the ns/op. Run:
+//
+//	go test -run '^$' -bench BenchmarkUpgrade -benchtime 3s -count 5 ./e2e/telemetry
+func BenchmarkUpgrade(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		level telemetryLevel
+	}{
+		{
+			name:  "telemetry=off",
+			level: telemetryOff,
+		},
+		{
+			name:  "telemetry=metrics",
+			level: telemetryMetrics,
+		},
+		{
+			name:  "telemetry=full",
+			level: telemetryFull,
+		},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			addr := benchBroker(b, bc.level)
+			tok := token(b, claims("bench"), nil)
+			req := []byte(fmt.Sprintf("GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: wsbroker.v1\r\nAuthorization: Bearer %s\r\n\r\n", addr, tok))
+			// Warm the pools and check the setup once.
+			if err := upgradeOnce(addr, req); err != nil {
+				b.Fatalf("upgrade: %v",
+					err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := upgradeOnce(addr, req); err != nil {
+						b.Errorf("upgrade: %v",
+							err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "upgrades/s")
+		})
+	}
+}
+
+// upgradeOnce dials, upgrades, and resets the connection (no TIME_WAIT on
+// the client side, so long runs do not run out of ports).
+func upgradeOnce(addr string, req []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer func() {
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(req); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1024), nil)
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("status %d (%s)", resp.StatusCode, resp.Header.Get("X-Wsbroker-Reason"))
+	}
+	return nil
+}
+
+// benchBroker starts an in-process broker on a loopback port with the given
+// telemetry and returns its address; it is closed when the benchmark ends.
+func benchBroker(b *testing.B, level telemetryLevel) string {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	ex, err := authn.NewExtractor(authn.DefaultExtractConfig())
+	if err != nil {
+		b.Fatalf("extractor: %v",
+			err)
+	}
+	ver, err := authn.NewVerifier(ctx, authn.VerifyConfig{HMACSecret: testSecret})
+	if err != nil {
+		b.Fatalf("verifier: %v",
+			err)
+	}
+	origins, err := authn.ParseOrigins(nil)
+	if err != nil {
+		b.Fatalf("origins: %v",
+			err)
+	}
+	reg := telemetry.NewRegistry()
+	metrics := telemetry.NewMetrics(reg, "bench")
+	deps := broker.Deps{
+		Extractor: ex,
+		Verifier:  ver,
+		Origins:   origins,
+		Metrics:   metrics,
+		Sink:      event.Sinks{},
+		Redactor:  redact.New(),
+	}
+	switch level {
+	case telemetryMetrics:
+		deps.Sink = event.Sinks{metrics}
+	case telemetryFull:
+		logger, err := telemetry.NewLogger(io.Discard, "json", slog.LevelInfo)
+		if err != nil {
+			b.Fatalf("logger: %v",
+				err)
+		}
+		tp, err := tracing.NewProvider(ctx, tracing.Config{
+			ServiceVersion: "bench",
+			NodeID:         "bench",
+			SuccessRatio:   0.01,
+			Exporter:       tracetest.NewInMemoryExporter(),
+		})
+		if err != nil {
+			b.Fatalf("tracing: %v",
+				err)
+		}
+		b.Cleanup(func() {
+			if err := tp.Shutdown(context.Background()); err != nil {
+				b.Errorf("tracing shutdown: %v",
+					err)
+			}
+		})
+		deps.Sink = event.Sinks{metrics, telemetry.NewEventLogger(logger)}
+		deps.Logger = logger
+		deps.Tracer = tp.Tracer()
+		deps.Keeps = tp.Keeps
+	}
+	cfg := broker.DefaultConfig()
+	cfg.Node = "bench"
+	cfg.MaxConnsPerSubject = 0
+	cfg.FailureBurst = 0
+	srv, err := broker.New(cfg, deps)
+	if err != nil {
+		b.Fatalf("broker: %v",
+			err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatalf("listen: %v",
+			err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	b.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			b.Errorf("close: %v",
+				err)
+		}
+		if err := <-done; err != nil {
+			b.Errorf("serve: %v",
+				err)
+		}
+	})
+	return ln.Addr().String()
+}
