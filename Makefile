@@ -6,7 +6,7 @@ BIN      := .bin
 FUZZTIME ?= 10s
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run build test unit fuzz-short lint deps jaeger bench bench-memory clean
+.PHONY: run build test unit fuzz-short lint deps jaeger bench bench-memory bench-compare clean
 
 build:
 	$(GO) build -o $(BIN)/wsbroker ./cmd/wsbroker
@@ -61,3 +61,14 @@ bench-memory: build
 	for i in $$(seq 50); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.1; done; \
 	tok=$$($(BIN)/wsbroker token --jwt-hmac-secret-file $$dir/secret --sub bench); \
 	$(GO) run ./bench/holdconns -url ws://127.0.0.1:18080/ws -admin http://127.0.0.1:19090 -token $$tok -n $(BENCH_CONNS) -fanout $(BENCH_FANOUT)
+
+# bench-compare: wsbroker against bench/baseline (net/http + gorilla/websocket
+# + golang-jwt, two goroutines per connection), each server in its own
+# process and the load client (bench/loadclient) in another: handshakes/s
+# accepted and rejected, memory per idle connection, fan-out to BENCH_CONNS
+# subscribers, the tracing tax. Rounds alternate the order; the table gives
+# medians, min–max and per-round ratios (docs/benchmarks.md). ~4 min.
+BENCH_ROUNDS ?= 3
+BENCH_DURATION ?= 3s
+bench-compare:
+	$(GO) run ./bench/cmd/benchtable -rounds $(BENCH_ROUNDS) -duration $(BENCH_DURATION) -conns $(BENCH_CONNS)
