@@ -96,6 +96,14 @@ func TestAdminAPI(t *testing.T) {
 			wantIDs: []string{"node-1-1-4"},
 		},
 		{
+			query:   "?limit=2",
+			wantIDs: []string{"node-1-1-4", "node-1-1-5"},
+		},
+		{
+			query:   "?type=connection.opened&limit=1",
+			wantIDs: []string{"node-1-1-3"},
+		},
+		{
 			query:   "?since=3&limit=2",
 			wantIDs: []string{"node-1-1-3", "node-1-1-4"},
 		},

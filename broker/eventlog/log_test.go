@@ -85,6 +85,22 @@ func TestAppendExactlyOnce(t *testing.T) {
 				id, c)
 		}
 	}
+
+	// The latest opens lie before every rejection: the backward windows
+	// have to grow to reach them.
+	recs, err := l.Events(ctx, Query{Type: event.TypeConnectionOpened, Limit: 5})
+	if err != nil {
+		t.Fatalf("Events: %v",
+			err)
+	}
+	var seqs []uint64
+	for _, r := range recs {
+		seqs = append(seqs, r.Event.Seq)
+	}
+	if fmt.Sprint(seqs) != "[296 297 298 299 300]" {
+		t.Errorf("latest 5 opens have seqs %v, want [296 297 298 299 300]",
+			seqs)
+	}
 }
 
 // A retry below the log (the same message published again by the appender

@@ -83,6 +83,14 @@ func (l *Log) drain(batch []event.Event) {
 // publish appends a batch and returns once every event of it is acked or
 // the log is abandoned.
 func (l *Log) publish(batch []event.Event) {
+	if l.hardStop.Err() != nil {
+		// Abandoned (Close gave up on NATS): count, don't stall on it.
+		for range batch {
+			l.publishError()
+		}
+		l.markDone(len(batch))
+		return
+	}
 	ps := make([]pending, 0, len(batch))
 	for i := range batch {
 		m, err := l.message(&batch[i])

@@ -33,8 +33,11 @@ type Query struct {
 	SinceSeq  uint64
 	SinceTime time.Time
 	// Limit bounds the events returned; 0 is unbounded for Replay and
-	// DefaultQueryLimit for the admin API.
+	// DefaultQueryLimit for Events.
 	Limit int
+
+	// until, if not 0, ends a replay after this stream sequence.
+	until uint64
 }
 
 // ParseSince reads a since value: a stream sequence or an RFC 3339 time.
@@ -172,6 +175,9 @@ func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error
 			if err != nil {
 				continue
 			}
+			if q.until > 0 && md.Sequence.Stream > q.until {
+				return nil
+			}
 			r := Record{Seq: md.Sequence.Stream}
 			if err := r.Event.UnmarshalJSON(m.Data()); err != nil || !q.match(&r.Event) {
 				continue
@@ -195,18 +201,61 @@ func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error
 }
 
 // Events returns up to q.Limit matching events (default DefaultQueryLimit,
-// at most MaxQueryLimit).
+// at most MaxQueryLimit), oldest first: the first ones from q's since on,
+// or, without a since, the most recent ones.
 func (l *Log) Events(ctx context.Context, q Query) ([]Record, error) {
 	if q.Limit <= 0 {
 		q.Limit = DefaultQueryLimit
 	}
 	q.Limit = min(q.Limit, MaxQueryLimit)
+	if q.SinceSeq == 0 && q.SinceTime.IsZero() {
+		return l.latest(ctx, q)
+	}
 	out := []Record{}
 	err := l.Replay(ctx, q, func(r *Record) error {
 		out = append(out, *r)
 		return nil
 	})
 	return out, err
+}
+
+// latest returns the last q.Limit matching events. It reads the stream
+// backwards in growing windows so that a recent query over a large log reads
+// only its tail.
+func (l *Log) latest(ctx context.Context, q Query) ([]Record, error) {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: stream %s info: %w", StreamName, err)
+	}
+	first, end := max(info.State.FirstSeq, 1), info.State.LastSeq
+	out := []Record{}
+	if info.State.Msgs == 0 || end < first {
+		return out, nil
+	}
+	window := uint64(2 * q.Limit)
+	for {
+		start := first
+		if end-first >= window {
+			start = end - window + 1
+		}
+		var chunk []Record
+		wq := q
+		wq.Limit, wq.SinceSeq, wq.until = 0, start, end
+		if err := l.Replay(ctx, wq, func(r *Record) error {
+			chunk = append(chunk, *r)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		out = append(chunk, out...)
+		if len(out) >= q.Limit {
+			return out[len(out)-q.Limit:], nil
+		}
+		if start <= first {
+			return out, nil
+		}
+		end, window = start-1, window*4
+	}
 }
 
 // Tail calls fn with every matching event appended from q's since on (from
