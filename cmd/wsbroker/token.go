@@ -45,6 +45,7 @@ func newTokenCmd() *cobra.Command {
 			return err
 		},
 	}
+	cmd.AddCommand(newTokenInspectCmd())
 	f := cmd.Flags()
 	f.StringVar(&o.hmacSecretFile, "jwt-hmac-secret-file", "", "HMAC secret file (same as serve's)")
 	f.StringVar(&o.keyFile, "key-file", "", "PEM private key (RSA, EC or Ed25519)")
