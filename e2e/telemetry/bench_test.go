@@ -32,6 +32,8 @@ const (
 	telemetryOff telemetryLevel = iota
 	// telemetryMetrics: the metrics sink only.
 	telemetryMetrics
+	// telemetryLogs: metrics and the event logger (JSON to io.Discard).
+	telemetryLogs
 	// telemetryFull: metrics, the event logger (JSON to io.Discard) and
 	// tracing with an in-memory exporter, successes kept at 1% as in
 	// production (failures are always kept).
@@ -56,6 +58,10 @@ func BenchmarkUpgrade(b *testing.B) {
 		{
 			name:  "telemetry=metrics",
 			level: telemetryMetrics,
+		},
+		{
+			name:  "telemetry=metrics+log",
+			level: telemetryLogs,
 		},
 		{
 			name:  "telemetry=full",
@@ -144,15 +150,18 @@ func benchBroker(b *testing.B, level telemetryLevel) string {
 		Sink:      event.Sinks{},
 		Redactor:  redact.New(),
 	}
+	logger, err := telemetry.NewLogger(io.Discard, "json", slog.LevelInfo)
+	if err != nil {
+		b.Fatalf("logger: %v",
+			err)
+	}
 	switch level {
 	case telemetryMetrics:
 		deps.Sink = event.Sinks{metrics}
+	case telemetryLogs:
+		deps.Sink = event.Sinks{metrics, telemetry.NewEventLogger(logger)}
+		deps.Logger = logger
 	case telemetryFull:
-		logger, err := telemetry.NewLogger(io.Discard, "json", slog.LevelInfo)
-		if err != nil {
-			b.Fatalf("logger: %v",
-				err)
-		}
 		tp, err := tracing.NewProvider(ctx, tracing.Config{
 			ServiceVersion: "bench",
 			NodeID:         "bench",
