@@ -48,7 +48,7 @@ func newEventsCmd() *cobra.Command {
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "data dir of a stopped broker's embedded event store")
 	f.StringVar(&o.typ, "type", "", "only events of this type (e.g. upgrade.rejected, wsbroker.connection.closed)")
 	f.StringVar(&o.reason, "reason", "", "only events with this reason or close reason (e.g. expired, slow_consumer)")
-	f.StringVar(&o.since, "since", "", "start at this stream sequence (inclusive) or RFC 3339 time")
+	f.StringVar(&o.since, "since", "", "start at this stream sequence (inclusive) or RFC 3339 time (default: tail from now, query the most recent, replay from the start)")
 	f.BoolVar(&o.json, "json", false, "print CloudEvents JSON (one per line; query prints a JSON array) instead of a table")
 
 	run := func(mode string, limit *int) func(cmd *cobra.Command, _ []string) error {
@@ -67,7 +67,7 @@ func newEventsCmd() *cobra.Command {
 	tail.Flags().IntVar(&o.tailLimit, "limit", 0, "stop after this many events (0: never)")
 	query := &cobra.Command{
 		Use:   "query",
-		Short: "Print stored events (from --since, or from the start), at most --limit",
+		Short: "Print stored events, at most --limit: the first ones from --since on, or else the most recent",
 		RunE:  run("query", &o.queryLimit),
 	}
 	query.Flags().IntVar(&o.queryLimit, "limit", eventlog.DefaultQueryLimit, "most events printed (at most 1000)")

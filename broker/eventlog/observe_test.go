@@ -1,0 +1,96 @@
+package eventlog
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/telemetry/event"
+)
+
+// A full queue drops and counts; Observe never waits for room.
+func TestObserveFullQueueDrops(t *testing.T) {
+	m := &fakeMetrics{}
+	// No appender drains this queue, so it stays full.
+	l := &Log{cfg: Config{Metrics: m, RejectLimit: -1}, queue: make(chan event.Event, 2)}
+	for i := range uint64(5) {
+		l.Observe(context.Background(), opened("node-1", 1, i+1, i+1, "alice"))
+	}
+	if got := m.errors.Load(); got != 3 {
+		t.Errorf("publish errors %d, want 3",
+			got)
+	}
+	if got := l.enqueued.Load(); got != 2 {
+		t.Errorf("enqueued %d, want 2",
+			got)
+	}
+}
+
+// The accepted path does not allocate (DESIGN.md §1).
+func TestObserveDoesNotAllocate(t *testing.T) {
+	l := &Log{cfg: Config{RejectLimit: DefaultRejectLimit}, queue: make(chan event.Event, 1)}
+	e := opened("node-1", 1, 1, 1, "alice")
+	allocs := testing.AllocsPerRun(100, func() {
+		l.Observe(context.Background(), e)
+		<-l.queue
+	})
+	if allocs != 0 {
+		t.Fatalf("Observe allocates %.1f times per event",
+			allocs)
+	}
+}
+
+func TestTail(t *testing.T) {
+	l := openLog(t, Config{DataDir: t.TempDir()})
+	ctx := testContext(t)
+	l.Observe(ctx, rejected("node-1", 1, 1, authn.ReasonBadSignature))
+	flush(t, l)
+
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var mu sync.Mutex
+	var got []event.Event
+	done := make(chan error, 1)
+	go func() {
+		done <- l.Tail(tctx, Query{Type: event.TypeUpgradeRejected}, func(r *Record) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, r.Event)
+			return nil
+		})
+	}()
+	// Tail starts at "now": keep appending until one arrives, so the test
+	// does not depend on when the consumer became ready.
+	seq := uint64(1)
+	checkFor(t, 10*time.Second, func() error {
+		seq++
+		l.Observe(ctx, rejected("node-1", 1, seq, authn.ReasonExpired))
+		l.Observe(ctx, opened("node-1", 1, 1000+seq, 1000+seq, "not-a-rejection"))
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) == 0 {
+			return fmt.Errorf("nothing tailed yet")
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Tail: %v",
+			err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, e := range got {
+		if e.Seq == 1 {
+			t.Errorf("tail delivered %s, appended before it started",
+				e.ID())
+		}
+		if e.Type != event.TypeUpgradeRejected {
+			t.Errorf("tail of rejections delivered a %s",
+				e.Type)
+		}
+	}
+}
