@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,12 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		if cfg.Replicas > 1 {
 			return nil, errors.New("eventlog: events replicas > 1 needs an external NATS cluster (--nats-url)")
 		}
+		if cfg.ReadOnly {
+			// A reader must not leave an empty store behind a typo.
+			if fi, err := os.Stat(cfg.DataDir); err != nil || !fi.IsDir() {
+				return nil, fmt.Errorf("eventlog: data-dir %q: no such directory", cfg.DataDir)
+			}
+		}
 		if l.ns, l.unlock, err = startEmbedded(cfg.DataDir, cfg.Node); err != nil {
 			return nil, err
 		}
@@ -197,6 +204,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	defer cancel()
 	if cfg.ReadOnly {
 		l.stream, err = l.js.Stream(sctx, StreamName)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("eventlog: no event log there yet (stream %s not found): %w", StreamName, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("eventlog: stream %s: %w", StreamName, err)
 		}
@@ -220,7 +230,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			StreamName, cfg.MaxAge, cfg.MaxBytes, err)
 	}
 	l.proj = NewProjection()
-	if err := l.startProjection(sctx); err != nil {
+	// The caller's ctx, not the 30s of the stream calls: replaying a large
+	// log may take longer.
+	if err := l.startProjection(ctx); err != nil {
 		return nil, err
 	}
 	l.queue = make(chan event.Event, cfg.QueueSize)

@@ -294,6 +294,16 @@ func TestOpenErrors(t *testing.T) {
 			wantIs: ErrDataDirInUse,
 		},
 		{
+			name: "reader on a missing data dir",
+			cfg:  Config{DataDir: t.TempDir() + "/missing", ReadOnly: true},
+			want: "no such directory",
+		},
+		{
+			name: "reader on a data dir without a log",
+			cfg:  Config{DataDir: t.TempDir(), ReadOnly: true},
+			want: "no event log there yet",
+		},
+		{
 			name: "replicas without a cluster",
 			cfg:  Config{DataDir: t.TempDir(), Replicas: 3},
 			want: "replicas",
