@@ -9,23 +9,45 @@ import (
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
-// hub maps channels to their local subscribers.
+// hub maps channels to their local subscribers. With a Bus, a channel's
+// first local subscriber makes the node watch the channel on the bus and
+// its last one unwatches it.
 type hub struct {
-	s  *Server
-	mu sync.RWMutex
-	ch map[string]*channel
+	s   *Server
+	bus Bus
+	mu  sync.RWMutex
+	ch  map[string]*channel
 }
 
 type channel struct {
-	name   string
-	subs   map[*Conn]struct{}
+	name string
+	// subs maps a subscriber to nil when it is live, or to the messages
+	// held back while its history is being replayed.
+	subs   map[*Conn]*held
 	offset uint64
 }
 
-func newHub(s *Server) *hub { return &hub{s: s, ch: map[string]*channel{}} }
+// held buffers the live messages of one subscriber during its replay.
+type held struct {
+	offs   []uint64
+	frames [][]byte
+}
+
+// maxHeld bounds the live messages held during one replay; beyond it the
+// subscriber is closed as a slow consumer.
+const maxHeld = 4096
+
+func newHub(s *Server, bus Bus) *hub {
+	h := &hub{s: s, bus: bus, ch: map[string]*channel{}}
+	if bus != nil {
+		bus.Start(func(name string, offset uint64, data []byte) { h.deliver(name, offset, data) })
+	}
+	return h
+}
 
 // subscribe adds c to name; it reports false if c already was subscribed.
-func (h *hub) subscribe(c *Conn, name string) bool {
+// With replay, live messages for c are held until live is called.
+func (h *hub) subscribe(c *Conn, name string, replay bool) bool {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -44,15 +66,59 @@ func (h *hub) subscribe(c *Conn, name string) bool {
 	h.mu.Lock()
 	ch := h.ch[name]
 	if ch == nil {
-		ch = &channel{name: name, subs: map[*Conn]struct{}{}}
+		ch = &channel{name: name, subs: map[*Conn]*held{}}
 		h.ch[name] = ch
+		if h.bus != nil {
+			h.bus.Watch(name)
+		}
 	}
-	ch.subs[c] = struct{}{}
+	var hd *held
+	if replay {
+		hd = &held{}
+	}
+	ch.subs[c] = hd
 	n := len(h.ch)
 	h.mu.Unlock()
 	h.s.metrics.Channels(n)
 	h.event(c, event.TypeSubscriptionAdded, name)
 	return true
+}
+
+// live ends c's replay in name: the held messages with an offset above
+// last are sent, then c gets messages as they come. Messages that arrive
+// while held ones are being sent are held too, so the order is kept.
+func (h *hub) live(c *Conn, name string, last uint64) {
+	for {
+		h.mu.Lock()
+		ch := h.ch[name]
+		if ch == nil {
+			h.mu.Unlock()
+			return
+		}
+		hd, ok := ch.subs[c]
+		if !ok || hd == nil {
+			h.mu.Unlock()
+			return
+		}
+		if len(hd.frames) == 0 {
+			ch.subs[c] = nil
+			h.mu.Unlock()
+			return
+		}
+		offs, frames := hd.offs, hd.frames
+		hd.offs, hd.frames = nil, nil
+		h.mu.Unlock()
+		var batch []byte
+		for i, f := range frames {
+			if offs[i] > last {
+				batch = append(batch, f...)
+				last = offs[i]
+			}
+		}
+		if len(batch) > 0 && !c.send(batch) {
+			return
+		}
+	}
 }
 
 // unsubscribe removes c from name; detach also removes name from c's set
@@ -73,6 +139,9 @@ func (h *hub) unsubscribe(c *Conn, name string, detach bool) bool {
 		delete(ch.subs, c)
 		if len(ch.subs) == 0 {
 			delete(h.ch, name)
+			if h.bus != nil {
+				h.bus.Unwatch(name)
+			}
 		}
 	}
 	n := len(h.ch)
@@ -90,23 +159,57 @@ func (h *hub) event(c *Conn, t event.Type, name string) {
 	h.s.putEvent(e)
 }
 
-// publish encodes the message frame once and queues the same bytes to
-// every local subscriber. It returns the message's offset in the channel.
-func (h *hub) publish(name string, data []byte) uint64 {
+// publish fans a message published on this node out. Without history the
+// local subscribers are served at once (the offset is this node's count of
+// the channel's messages) and the bus carries the message to the other
+// nodes without being waited for. With history the message is first stored
+// in the history stream, whose sequence is the offset on every node, and
+// the bus brings it back to this node's subscribers too.
+func (h *hub) publish(ctx context.Context, name string, data []byte) (uint64, error) {
+	if h.bus != nil && h.bus.History() {
+		return h.bus.Publish(ctx, name, data)
+	}
+	off := h.deliver(name, 0, data)
+	if h.bus != nil {
+		if _, err := h.bus.Publish(ctx, name, data); err != nil {
+			h.s.log.Warn("bus publish failed; delivered on this node only", "err", err)
+		}
+	}
+	return off, nil
+}
+
+// deliver encodes the message frame once and queues the same bytes to
+// every local subscriber. Offset 0 numbers the message in this node's
+// channel count. It returns the offset.
+func (h *hub) deliver(name string, offset uint64, data []byte) uint64 {
 	h.mu.Lock()
 	ch := h.ch[name]
 	if ch == nil {
 		h.mu.Unlock()
-		return 0
+		return offset
 	}
-	ch.offset++
-	off := ch.offset
-	frame := encodeMessage(name, off, data)
+	if offset == 0 {
+		ch.offset++
+		offset = ch.offset
+	} else if offset > ch.offset {
+		ch.offset = offset
+	}
+	frame := encodeMessage(name, offset, data)
 	// Copy the subscriber set so that sending (which may close a slow
 	// consumer, which unsubscribes) runs without the hub lock.
 	subs := make([]*Conn, 0, len(ch.subs))
-	for c := range ch.subs {
-		subs = append(subs, c)
+	var over []*Conn
+	for c, hd := range ch.subs {
+		if hd == nil {
+			subs = append(subs, c)
+			continue
+		}
+		if len(hd.frames) >= maxHeld {
+			over = append(over, c)
+			continue
+		}
+		hd.offs = append(hd.offs, offset)
+		hd.frames = append(hd.frames, frame)
 	}
 	h.mu.Unlock()
 	sent := 0
@@ -115,8 +218,12 @@ func (h *hub) publish(name string, data []byte) uint64 {
 			sent++
 		}
 	}
+	for _, c := range over {
+		h.s.metrics.Dropped(telemetry.DropSlowConsumer)
+		go c.close(event.CloseSlowConsumer, CloseSlowConsumer, "slow_consumer")
+	}
 	h.s.metrics.Messages(telemetry.Out, sent, len(frame))
-	return off
+	return offset
 }
 
 // encodeMessage builds the text frame

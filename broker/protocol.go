@@ -23,12 +23,13 @@ type clientMessage struct {
 
 // Error codes of wsbroker.v1 error frames, HTTP-like.
 const (
-	codeBadRequest = 400
-	codeAuth       = 401
-	codeForbidden  = 403
-	codeConflict   = 409
-	codeTooLarge   = 413
-	codeLimit      = 429
+	codeBadRequest  = 400
+	codeAuth        = 401
+	codeForbidden   = 403
+	codeConflict    = 409
+	codeTooLarge    = 413
+	codeLimit       = 429
+	codeUnavailable = 503
 )
 
 func (s *Server) handleMessage(c *Conn, p []byte) {
@@ -59,17 +60,20 @@ func (s *Server) handleMessage(c *Conn, p []byte) {
 			c.sendError(m.ID, codeLimit, "subscription_limit", "at most "+strconv.Itoa(s.cfg.MaxSubscriptions)+" subscriptions per connection")
 			return
 		}
-		if !s.hub.subscribe(c, m.Channel) {
+		replay := m.Since != nil && s.hub.bus != nil && s.hub.bus.History()
+		if !s.hub.subscribe(c, m.Channel, replay) {
 			c.sendError(m.ID, codeConflict, "already_subscribed", "already subscribed to "+strconv.Quote(m.Channel))
 			return
 		}
-		if m.Since != nil {
-			// History recovery needs the channel history stream (scale-out);
-			// tell the client to reload its state.
+		switch {
+		case replay:
+			s.recover(c, &m)
+		case m.Since != nil:
+			// No history on this node: the client reloads its state.
 			c.sendAck(m.ID, `,"recovered":false`)
-			return
+		default:
+			c.sendAck(m.ID, "")
 		}
-		c.sendAck(m.ID, "")
 	case "unsubscribe":
 		if !s.validChannel(c, m.ID, m.Channel) {
 			return
@@ -92,7 +96,14 @@ func (s *Server) handleMessage(c *Conn, p []byte) {
 			c.sendError(m.ID, codeBadRequest, "bad_request", "publish needs data")
 			return
 		}
-		off := s.hub.publish(m.Channel, compactJSON(m.Data))
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
+		off, err := s.hub.publish(ctx, m.Channel, compactJSON(m.Data))
+		cancel()
+		if err != nil {
+			s.log.Warn("history publish failed", "err", err)
+			c.sendError(m.ID, codeUnavailable, "unavailable", "the message was not stored in the channel history; publish again")
+			return
+		}
 		c.sendAck(m.ID, `,"offset":`+strconv.FormatUint(off, 10))
 	case "refresh":
 		s.refresh(c, &m)
@@ -100,6 +111,39 @@ func (s *Server) handleMessage(c *Conn, p []byte) {
 		s.metrics.Dropped(telemetry.DropInvalid)
 		c.sendError(m.ID, codeBadRequest, "bad_request", "unknown type "+strconv.Quote(m.Type)+" (want subscribe, unsubscribe, publish or refresh)")
 	}
+}
+
+// recover answers a subscribe with since on a history channel: the ack
+// says whether every message after since is still kept, the kept ones
+// follow (in one write, so that a long history does not overflow the send
+// queue), then the live messages held meanwhile that are newer than the
+// last replayed one, then live messages as they come.
+func (s *Server) recover(c *Conn, m *clientMessage) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
+	msgs, recovered, err := s.hub.bus.Recover(ctx, m.Channel, *m.Since)
+	cancel()
+	if err != nil {
+		s.log.Warn("history recovery failed; the client reloads", "err", err)
+		recovered, msgs = false, nil
+	}
+	if recovered {
+		c.sendAck(m.ID, `,"recovered":true`)
+	} else {
+		c.sendAck(m.ID, `,"recovered":false`)
+	}
+	last := *m.Since
+	var batch []byte
+	for _, hm := range msgs {
+		if hm.Offset <= last {
+			continue
+		}
+		batch = append(batch, encodeMessage(m.Channel, hm.Offset, hm.Data)...)
+		last = hm.Offset
+	}
+	if len(batch) > 0 {
+		c.send(batch)
+	}
+	s.hub.live(c, m.Channel, last)
 }
 
 // compactJSON drops insignificant white space so that messages are as

@@ -48,6 +48,9 @@ type Deps struct {
 	Now func() time.Time
 	// Epoch distinguishes this run of the node from earlier ones.
 	Epoch uint64
+	// Bus carries channel messages to and from the other nodes of a
+	// cluster (package broker/cluster); nil keeps channels on this node.
+	Bus Bus
 }
 
 // Server accepts WebSocket upgrades and serves the connections.
@@ -146,7 +149,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 	}
 	s.poller = p
 	s.writers = newWriterPool(0)
-	s.hub = newHub(s)
+	s.hub = newHub(s, d.Bus)
 	s.wg.Add(1)
 	go s.sweep()
 	return s, nil
