@@ -52,6 +52,8 @@ type options struct {
 	fanout     int
 	raw        string
 	skipEvents bool
+	pin        bool
+	ref        string
 }
 
 func main() {
@@ -64,6 +66,8 @@ func main() {
 	flag.IntVar(&o.fanout, "fanout", 5, "messages published to every connection")
 	flag.StringVar(&o.raw, "raw", "", "also write every run's JSON here")
 	flag.BoolVar(&o.skipEvents, "skip-noevents", false, "skip the wsbroker --events=false variant")
+	flag.StringVar(&o.ref, "ref", "", "build this git commit (git archive) instead of the work tree, e.g. HEAD")
+	flag.BoolVar(&o.pin, "pin", false, "pin the server to the last CPU and the load client to the others (taskset)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtable:", err)
@@ -78,6 +82,8 @@ type env struct {
 	sinkURL                         string
 	sinkPosts                       *atomic.Int64
 	hasEvents                       bool
+	// serverCPUs and clientCPUs are taskset lists; empty means unpinned.
+	serverCPUs, clientCPUs string
 }
 
 type variant struct {
@@ -93,9 +99,22 @@ func run(o options) error {
 		return fmt.Errorf("temp dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	e, err := prepare(o.root, dir)
+	root := o.root
+	if o.ref != "" {
+		if root, err = export(o.root, o.ref, dir); err != nil {
+			return err
+		}
+	}
+	e, err := prepare(root, dir)
 	if err != nil {
 		return err
+	}
+	if o.pin {
+		n := runtime.NumCPU()
+		if n < 2 {
+			return errors.New("-pin needs at least 2 CPUs")
+		}
+		e.serverCPUs, e.clientCPUs = fmt.Sprint(n-1), fmt.Sprintf("0-%d", n-2)
 	}
 	stopSink, err := e.startSink()
 	if err != nil {
@@ -111,6 +130,9 @@ func run(o options) error {
 		variants = append(variants, variant{name: "wsbroker-noevents", mem: true, server: func(e *env, r int) (*server, error) { return e.wsbrokerServer(r, false, false) }})
 	}
 	fmt.Printf("machine: %d CPUs (%s), GOMAXPROCS %d, %s\n", runtime.NumCPU(), cpuModel(), runtime.GOMAXPROCS(0), runtime.Version())
+	if o.pin {
+		fmt.Printf("pinned: server on CPU %s, load client on CPU %s\n", e.serverCPUs, e.clientCPUs)
+	}
 	fmt.Printf("plan: %d rounds × %v; handshakes: %d workers × %s per case; memory/fan-out: %d connections, %d messages\n",
 		o.rounds, names(variants), o.workers, o.duration, o.conns, o.fanout)
 	res := results{}
@@ -218,6 +240,7 @@ func (e *env) loadclient(args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.client, args...)
+	pin(cmd, e.clientCPUs)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -225,6 +248,24 @@ func (e *env) loadclient(args ...string) ([]byte, error) {
 		return nil, fmt.Errorf("loadclient %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+// export writes the tree of ref into dir/src and returns that path.
+func export(root, ref, dir string) (string, error) {
+	src := filepath.Join(dir, "src")
+	tar := filepath.Join(dir, "src.tar")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		return "", fmt.Errorf("export: %w", err)
+	}
+	if out, err := exec.Command("git", "-C", root, "archive", "--format=tar", "-o", tar, ref).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git archive %s: %w: %s", ref, err, out)
+	}
+	if out, err := exec.Command("tar", "-xf", tar, "-C", src).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("untar %s: %w: %s", ref, err, out)
+	}
+	rev, _ := exec.Command("git", "-C", root, "rev-parse", "--short", ref).Output()
+	fmt.Printf("building %s (%s)\n", ref, strings.TrimSpace(string(rev)))
+	return src, nil
 }
 
 // prepare builds the three binaries and writes the key material.
@@ -322,6 +363,7 @@ func (e *env) baselineServer(int) (*server, error) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", p)
 	cmd := exec.Command(e.baseline, "--listen", addr, "--hmac-secret-file", e.secret, "--rsa-pub-file", e.rsaPub)
+	pin(cmd, e.serverCPUs)
 	return start("baseline", cmd, "ws://"+addr+"/ws", "http://"+addr+"/metrics", "http://"+addr+"/readyz")
 }
 
@@ -347,6 +389,7 @@ func (e *env) wsbrokerServer(round int, traced, events bool) (*server, error) {
 		}
 	}
 	cmd := exec.Command(e.wsbroker, args...)
+	pin(cmd, e.serverCPUs)
 	cmd.Env = os.Environ()
 	if traced {
 		cmd.Env = append(cmd.Env, "OTEL_EXPORTER_OTLP_ENDPOINT="+e.sinkURL, "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "OTEL_TRACES_EXPORTER=otlp")
@@ -394,6 +437,19 @@ func (s *server) stop() {
 	case <-time.After(10 * time.Second):
 		_ = s.cmd.Process.Kill()
 		<-s.exited
+	}
+}
+
+// pin runs cmd under taskset -c cpus when cpus is set. The process's
+// GOMAXPROCS follows its affinity mask.
+func pin(cmd *exec.Cmd, cpus string) {
+	if cpus == "" {
+		return
+	}
+	cmd.Args = append([]string{"taskset", "-c", cpus}, cmd.Args...)
+	cmd.Path = "/usr/bin/taskset"
+	if p, err := exec.LookPath("taskset"); err == nil {
+		cmd.Path = p
 	}
 }
 
