@@ -334,11 +334,14 @@ func claimChecks(ctx context.Context, o *inspectOptions, d *decodedToken, now ti
 	iss := d.str(d.Claims, "iss")
 	switch {
 	case o.issuer == "":
-		add("iss", "skip", "", "%q: not checked (no --jwt-issuer)", iss)
+		add("iss", "skip", "", "%s: not checked (no --jwt-issuer)", quoteOrAbsent(iss))
 	case iss == o.issuer:
 		add("iss", "ok", "", "%q matches", iss)
+	case iss == "":
+		// golang-jwt reports a required but absent iss as a missing claim.
+		add("iss", "fail", authn.ReasonMissingClaim.String(), "absent, but --jwt-issuer %q requires it", o.issuer)
 	default:
-		add("iss", "fail", authn.ReasonWrongIssuer.String(), "%q, want %q", iss, o.issuer)
+		add("iss", "fail", authn.ReasonWrongIssuer.String(), "%s, want %q", quoteOrAbsent(iss), o.issuer)
 	}
 	auds := d.audiences()
 	switch {
@@ -368,7 +371,7 @@ func claimChecks(ctx context.Context, o *inspectOptions, d *decodedToken, now ti
 func kidCheck(ctx context.Context, o *inspectOptions, kid string, keysGiven bool) inspectCheck {
 	c := inspectCheck{Name: "kid"}
 	if !keysGiven {
-		c.Status, c.Detail = "skip", fmt.Sprintf("%q: not checked (no keys given)", kid)
+		c.Status, c.Detail = "skip", quoteOrAbsent(kid)+": not checked (no keys given)"
 		return c
 	}
 	var kids []string
@@ -402,6 +405,13 @@ func kidCheck(ctx context.Context, o *inspectOptions, kid string, keysGiven bool
 		c.Detail = fmt.Sprintf("%q is not among the known kids %q", kid, kids)
 	}
 	return c
+}
+
+func quoteOrAbsent(s string) string {
+	if s == "" {
+		return "absent"
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 func boolInt(b bool) int {

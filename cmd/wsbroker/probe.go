@@ -495,6 +495,9 @@ func printProbe(w io.Writer, rep *probeReport) error {
 		for _, p := range r.Problems {
 			fmt.Fprintf(&b, "%13s note:  %s\n", "", p)
 		}
+		if r.CloseCode != 0 && r.RequestID == "" && r.TraceID == "" {
+			fmt.Fprintf(&b, "%13s search: reason=%s at this time (close mode sends no request id; `wsbroker events`, logs)\n", "", r.Reason)
+		}
 		if r.RequestID != "" || r.TraceID != "" {
 			fmt.Fprintf(&b, "%13s search: request_id=%s", "", orDash(r.RequestID))
 			if r.TraceID != "" {

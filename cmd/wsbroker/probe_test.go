@@ -932,6 +932,10 @@ func TestInspectAgreesWithServer(t *testing.T) {
 			}),
 		},
 		{
+			name:  "no issuer",
+			token: hsProbeToken(t, nil),
+		},
+		{
 			name:  "forged",
 			token: signProbeToken(t, jwt.SigningMethodHS256, []byte("forged-forged-forged-forged-forged-forged"), nil),
 		},
