@@ -25,7 +25,7 @@ func startEmbedded(dataDir, node string) (*server.Server, func(), error) {
 		return nil, nil, errors.New("eventlog: data-dir is empty (needed by the embedded NATS server)")
 	}
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
-		return nil, nil, fmt.Errorf("eventlog: data-dir %q is not usable: %w", dataDir, err)
+		return nil, nil, fmt.Errorf("eventlog: data-dir %q is not writable: %w", dataDir, err)
 	}
 	probe, err := os.CreateTemp(dataDir, ".write-check-*")
 	if err != nil {

@@ -22,12 +22,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// checkFor polls f until it returns nil or d passes, then fails with f's
-// last error.
-func checkFor(t *testing.T, d time.Duration, f func() error) {
+// checkFor polls f every step until it returns nil or total passes, then
+// fails with f's last error.
+func checkFor(t *testing.T, total, step time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(10 * time.Millisecond)
+	deadline := time.Now().Add(total)
+	tick := time.NewTicker(step)
 	defer tick.Stop()
 	for {
 		err := f()
@@ -36,7 +36,7 @@ func checkFor(t *testing.T, d time.Duration, f func() error) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("checkFor %s: %v",
-				d, err)
+				total, err)
 		}
 		<-tick.C
 	}

@@ -29,7 +29,7 @@ func TestAdminAPI(t *testing.T) {
 	l.Observe(ctx, r)
 	l.Observe(ctx, rejected("node-1", 1, 5, authn.ReasonBadSignature))
 	flush(t, l)
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if got := l.Projection().Seq(); got != 5 {
 			return fmt.Errorf("projection at %d, want 5", got)
 		}

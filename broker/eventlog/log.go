@@ -96,6 +96,46 @@ type Config struct {
 	Now func() time.Time
 }
 
+// fill sets the defaults of the zero fields and rejects the invalid ones,
+// naming the option.
+func (c *Config) fill() error {
+	switch {
+	case c.MaxAge < 0:
+		return fmt.Errorf("eventlog: events-max-age %s is negative", c.MaxAge)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("eventlog: events-max-bytes %d is negative", c.MaxBytes)
+	case c.QueueSize < 0:
+		return fmt.Errorf("eventlog: QueueSize %d is negative", c.QueueSize)
+	case c.Replicas > 1 && len(c.NATSURLs) == 0:
+		return fmt.Errorf("eventlog: Replicas %d needs an external NATS cluster (nats-url)", c.Replicas)
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = DefaultMaxAge
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = DefaultMaxBytes
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	if c.RejectLimit == 0 {
+		c.RejectLimit = DefaultRejectLimit
+	}
+	if c.PublishTimeout <= 0 {
+		c.PublishTimeout = 5 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Node == "" {
+		c.Node = "node"
+	}
+	return nil
+}
+
 // Log is the event log: an event.Sink appending to the stream, projections
 // over it, and queries.
 type Log struct {
@@ -129,29 +169,8 @@ type Log struct {
 // Open starts (or connects to) NATS, creates or updates the stream, replays
 // it into the projections and starts the appender.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
-	if cfg.MaxAge <= 0 {
-		cfg.MaxAge = DefaultMaxAge
-	}
-	if cfg.MaxBytes <= 0 {
-		cfg.MaxBytes = DefaultMaxBytes
-	}
-	if cfg.Replicas <= 0 {
-		cfg.Replicas = 1
-	}
-	if cfg.QueueSize <= 0 {
-		cfg.QueueSize = DefaultQueueSize
-	}
-	if cfg.RejectLimit == 0 {
-		cfg.RejectLimit = DefaultRejectLimit
-	}
-	if cfg.PublishTimeout <= 0 {
-		cfg.PublishTimeout = 5 * time.Second
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Node == "" {
-		cfg.Node = "node"
+	if err := cfg.fill(); err != nil {
+		return nil, err
 	}
 	l := &Log{cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), progress: make(chan struct{})}
 	if l.log == nil {
@@ -172,9 +191,6 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	var err error
 	if len(cfg.NATSURLs) == 0 {
-		if cfg.Replicas > 1 {
-			return nil, errors.New("eventlog: events replicas > 1 needs an external NATS cluster (--nats-url)")
-		}
 		if cfg.ReadOnly {
 			// A reader must not leave an empty store behind a typo.
 			if fi, err := os.Stat(cfg.DataDir); err != nil || !fi.IsDir() {

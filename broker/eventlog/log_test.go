@@ -173,7 +173,7 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 	l.Observe(ctx, opened("node-1", 1, 2, 2, "bob"))
 	l.Observe(ctx, opened("node-2", 1, 1, 1, "carol"))
 	flush(t, l)
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if p := l.Projection().Presence(); p.Connections != 3 {
 			return fmt.Errorf("presence %+v, want 3 connections", p)
 		}
@@ -185,7 +185,7 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 	// Conn id 1 again, in the new epoch: a different connection.
 	l.Observe(ctx, opened("node-1", 2, 1, 1, "dave"))
 	flush(t, l)
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		p := l.Projection().Presence()
 		if p.Connections != 2 || p.Subjects["carol"] != 1 || p.Subjects["dave"] != 1 || len(p.Channels) != 0 {
 			return fmt.Errorf("presence %+v, want carol and dave, no channels", p)
@@ -198,7 +198,7 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 	stopped := NodeEvent(event.TypeNodeStopped, "node-2", 1, time.Now())
 	l.Observe(ctx, &stopped)
 	flush(t, l)
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		p := l.Projection().Presence()
 		if p.Connections != 1 || p.Subjects["dave"] != 1 {
 			return fmt.Errorf("presence %+v, want dave alone", p)
@@ -250,7 +250,7 @@ func TestRejectionSampling(t *testing.T) {
 		t.Errorf("publish errors %d, want 0 (sampling is not an error)",
 			got)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		rj := l.Projection().Rejections()
 		if rj.ByReason["expired"] != burst || rj.ByReason["bad_signature"] != 1 {
 			return fmt.Errorf("rejections by reason %v, want expired %d, bad_signature 1", rj.ByReason, burst)
@@ -280,7 +280,7 @@ func TestOpenErrors(t *testing.T) {
 		{
 			name: "data dir not writable",
 			cfg:  Config{DataDir: unwritableDir(t)},
-			want: "data-dir",
+			want: "is not writable",
 		},
 		{
 			name: "data dir empty",
@@ -306,7 +306,22 @@ func TestOpenErrors(t *testing.T) {
 		{
 			name: "replicas without a cluster",
 			cfg:  Config{DataDir: t.TempDir(), Replicas: 3},
-			want: "replicas",
+			want: "Replicas 3 needs an external NATS cluster",
+		},
+		{
+			name: "negative max age",
+			cfg:  Config{DataDir: t.TempDir(), MaxAge: -time.Hour},
+			want: "events-max-age -1h0m0s is negative",
+		},
+		{
+			name: "negative max bytes",
+			cfg:  Config{DataDir: t.TempDir(), MaxBytes: -1},
+			want: "events-max-bytes -1 is negative",
+		},
+		{
+			name: "unreachable NATS",
+			cfg:  Config{NATSURLs: []string{"nats://127.0.0.1:1"}},
+			want: "nats-url",
 		},
 	}
 	for _, tt := range tests {
@@ -387,7 +402,7 @@ func TestReconnectExactlyOnce(t *testing.T) {
 		t.Errorf("distinct ids %d, want %d",
 			len(ids), before+during)
 	}
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if p := l.Projection().Presence(); p.Subjects["bob"] != during {
 			return fmt.Errorf("presence %+v, want bob %d", p, during)
 		}

@@ -65,7 +65,7 @@ func TestTail(t *testing.T) {
 	// Tail starts at "now": keep appending until one arrives, so the test
 	// does not depend on when the consumer became ready.
 	seq := uint64(1)
-	checkFor(t, 10*time.Second, func() error {
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		seq++
 		l.Observe(ctx, rejected("node-1", 1, seq, authn.ReasonExpired))
 		l.Observe(ctx, opened("node-1", 1, 1000+seq, 1000+seq, "not-a-rejection"))
@@ -93,4 +93,34 @@ func TestTail(t *testing.T) {
 				e.Type)
 		}
 	}
+}
+
+// BenchmarkObserve measures the producers' side of an append: copying the
+// event into the queue.
+func BenchmarkObserve(b *testing.B) {
+	l := &Log{cfg: Config{RejectLimit: DefaultRejectLimit}, queue: make(chan event.Event, 1)}
+	e := opened("node-1", 1, 1, 1, "alice")
+	b.ReportAllocs()
+	for b.Loop() {
+		l.Observe(context.Background(), e)
+		<-l.queue
+	}
+}
+
+// BenchmarkObserveRejectedFlood measures a flood of one reason, mostly
+// folded into a suppressed count.
+func BenchmarkObserveRejectedFlood(b *testing.B) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	l := &Log{
+		cfg:     Config{RejectLimit: DefaultRejectLimit, Now: func() time.Time { return now }},
+		queue:   make(chan event.Event, 2*DefaultRejectLimit),
+		sampler: newSampler(DefaultRejectLimit),
+	}
+	e := rejected("node-1", 1, 1, authn.ReasonExpired)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			l.Observe(context.Background(), e)
+		}
+	})
 }
