@@ -13,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 )
 
 // lockedBuffer is a bytes.Buffer safe for the broker's log writer and the
@@ -52,16 +55,16 @@ func eventsCheckFor(t *testing.T, d time.Duration, f func() error) {
 
 // serve runs `wsbroker serve` with the event log on dataDir and returns the
 // admin address and a stop function that waits for the command to return.
-func serveWithEvents(t *testing.T, dataDir string) (admin string, stop func()) {
+func serveWithEvents(t *testing.T, dataDir string) (ws, admin, token string, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stderr := &lockedBuffer{}
+	stderr, stdout := &lockedBuffer{}, &lockedBuffer{}
 	root := newRoot()
 	root.SetArgs([]string{
 		"serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--data-dir", dataDir, "--log-format", "json", "--node-id", "cmd-test", "--shutdown-drain", "1s",
 	})
-	root.SetOut(io.Discard)
+	root.SetOut(stdout)
 	root.SetErr(stderr)
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
@@ -76,16 +79,26 @@ func serveWithEvents(t *testing.T, dataDir string) (admin string, stop func()) {
 		for sc.Scan() {
 			var l struct {
 				Msg   string `json:"msg"`
+				WS    string `json:"ws"`
 				Admin string `json:"admin"`
 			}
 			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "wsbroker started" {
-				admin = l.Admin
-				return nil
+				ws, admin = l.WS, l.Admin
 			}
 		}
-		return fmt.Errorf("no start line yet")
+		// The --dev banner's token is on the line after "A token for".
+		lines := strings.Split(stdout.String(), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, "A token for") && i+1 < len(lines) {
+				token = strings.TrimSpace(lines[i+1])
+			}
+		}
+		if admin == "" || token == "" {
+			return fmt.Errorf("no start line or token yet")
+		}
+		return nil
 	})
-	return admin, func() {
+	return ws, admin, token, func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v: %s",
@@ -96,7 +109,7 @@ func serveWithEvents(t *testing.T, dataDir string) (admin string, stop func()) {
 
 func TestServeEventLogAndEventsCommand(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
-	admin, stop := serveWithEvents(t, dataDir)
+	_, admin, _, stop := serveWithEvents(t, dataDir)
 	resp, err := http.Get("http://" + admin + "/v1/events?type=node.started")
 	if err != nil {
 		t.Fatalf("GET /v1/events: %v",
@@ -159,4 +172,77 @@ func TestServeEventLogAndEventsCommand(t *testing.T) {
 		t.Errorf("bad --since: %v, want an error naming since",
 			err)
 	}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v",
+			url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s",
+			url, resp.StatusCode, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("GET %s: %v in %s",
+			url, err, b)
+	}
+}
+
+// A real connection and subscription show in presence, through the broker's
+// events, the log and the projection; closing it removes them.
+func TestServePresence(t *testing.T) {
+	wsAddr, admin, token, stop := serveWithEvents(t, filepath.Join(t.TempDir(), "data"))
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := ws.Dialer{
+		Protocols: []string{"wsbroker.v1"},
+		Header:    ws.HandshakeHeaderHTTP(http.Header{"Authorization": []string{"Bearer " + token}}),
+	}
+	conn, _, _, err := d.Dial(ctx, "ws://"+wsAddr+"/ws")
+	if err != nil {
+		t.Fatalf("dial: %v",
+			err)
+	}
+	if err := wsutil.WriteClientText(conn, []byte(`{"type":"subscribe","channel":"news","id":1}`)); err != nil {
+		t.Fatalf("subscribe: %v",
+			err)
+	}
+	eventsCheckFor(t, 10*time.Second, func() error {
+		var p struct {
+			Connections int            `json:"connections"`
+			Subjects    map[string]int `json:"subjects"`
+		}
+		getJSON(t, "http://"+admin+"/v1/presence?channel=news", &p)
+		if p.Connections != 1 || p.Subjects["dev-user"] != 1 {
+			return fmt.Errorf("presence in news %+v, want dev-user", p)
+		}
+		return nil
+	})
+	var cs []struct {
+		Subject  string   `json:"sub"`
+		Node     string   `json:"node"`
+		Channels []string `json:"channels"`
+	}
+	getJSON(t, "http://"+admin+"/v1/connections?sub=dev-user", &cs)
+	if len(cs) != 1 || cs[0].Node != "cmd-test" || len(cs[0].Channels) != 1 || cs[0].Channels[0] != "news" {
+		t.Errorf("connections %+v",
+			cs)
+	}
+	conn.Close()
+	eventsCheckFor(t, 10*time.Second, func() error {
+		var p struct {
+			Connections int `json:"connections"`
+		}
+		getJSON(t, "http://"+admin+"/v1/presence", &p)
+		if p.Connections != 0 {
+			return fmt.Errorf("presence %+v after close, want none", p)
+		}
+		return nil
+	})
 }
