@@ -83,8 +83,9 @@ export function tokenExpiry(token) {
 
 /**
  * When to refresh a token, in ms from now: ~30 s or 10 % of its lifetime
- * before exp, whichever is earlier, but never later than half of what is
- * left (short tokens refresh half-way). Null when the token has no exp.
+ * before exp, whichever is earlier, but not before half of what is left has
+ * passed (a token shorter than the margin refreshes half-way instead of at
+ * once). Null when the token has no exp.
  */
 export function refreshDelay(token, now, marginMs = 30000, fraction = 0.1) {
   const p = decodeJwtPayload(token);
@@ -95,7 +96,7 @@ export function refreshDelay(token, now, marginMs = 30000, fraction = 0.1) {
   const iat = typeof p.iat === "number" ? p.iat * 1000 : now;
   const lifetime = Math.max(exp - iat, left);
   const margin = Math.max(marginMs, lifetime * fraction);
-  return Math.max(0, Math.min(left - margin, left / 2));
+  return Math.max(left - margin, left / 2);
 }
 
 /** Backoff delay for attempt n (0-based): exponential, capped, jittered. */

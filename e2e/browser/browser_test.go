@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
@@ -613,6 +614,175 @@ func TestBrowserClient(t *testing.T) {
 		}
 		p.call(nil, "closeClient", "c6")
 	})
+}
+
+// TestBrowserClientReconnects drops the broker under an open client and
+// brings another up on the same address: the client reconnects with
+// backoff and subscribes again.
+func TestBrowserClientReconnects(t *testing.T) {
+	bctx := newBrowser(t)
+	site := newPageServer(t)
+	b1 := newTestBroker(t, brokerOpts{})
+	p := newTab(t, bctx, site.URL)
+	p.call(nil, "startClient", "c", map[string]any{
+		"url":     b1.url(""),
+		"tokens":  []string{newToken(t, "js-user", time.Hour)},
+		"channel": "news",
+	})
+	waitClient(t, p, "c", func(c clientRun) error {
+		if !c.Subscribed {
+			return fmt.Errorf("not subscribed: %+v", c)
+		}
+		return nil
+	})
+	if err := b1.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitClient(t, p, "c", func(c clientRun) error {
+		if c.lastState().State != "reconnecting" {
+			return fmt.Errorf("state %+v, want reconnecting", c.lastState())
+		}
+		return nil
+	})
+	b2 := newTestBroker(t, brokerOpts{addr: b1.addr})
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := counterValue(t, b2.reg, "wsbroker_subscriptions", map[string]string{}); n != 1 {
+			return fmt.Errorf("%v subscriptions on the new broker, want 1", n)
+		}
+		return nil
+	})
+	b2.publish("news", "after reconnect")
+	c := waitClient(t, p, "c", func(c clientRun) error {
+		if len(c.Messages) != 1 {
+			return fmt.Errorf("messages %v, want one", c.Messages)
+		}
+		return nil
+	})
+	if c.lastState().State != "open" || len(c.Errors) == 0 || c.Errors[0].Code != 1001 {
+		t.Fatalf("state %+v errors %+v, want open again after a 1001 going-away close",
+			c.lastState(), c.Errors)
+	}
+	p.call(nil, "closeClient", "c")
+}
+
+// TestClientHelpers checks the client's pure functions in the browser.
+func TestClientHelpers(t *testing.T) {
+	bctx := newBrowser(t)
+	site := newPageServer(t)
+	p := newTab(t, bctx, site.URL)
+	now := time.Unix(1_800_000_000, 0)
+	tokenFor := func(lifetime time.Duration, claims map[string]any) string {
+		c := jwt.MapClaims{"sub": "zoë", "iat": now.Unix(), "exp": now.Add(lifetime).Unix()}
+		for k, v := range claims {
+			c[k] = v
+		}
+		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(testSecret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	nowMS := now.UnixMilli()
+	refresh := []struct {
+		name   string
+		token  string
+		margin float64
+		want   *float64
+	}{
+		{
+			name:   "an hour: 10 % before exp",
+			token:  tokenFor(time.Hour, nil),
+			margin: 30000,
+			want:   ptr(3240000.0),
+		},
+		{
+			name:   "a minute: 30 s before exp",
+			token:  tokenFor(time.Minute, nil),
+			margin: 30000,
+			want:   ptr(30000.0),
+		},
+		{
+			name:   "ten seconds: half-way",
+			token:  tokenFor(10*time.Second, nil),
+			margin: 30000,
+			want:   ptr(5000.0),
+		},
+		{
+			name:   "expired: now",
+			token:  tokenFor(-time.Minute, nil),
+			margin: 30000,
+			want:   ptr(0.0),
+		},
+		{
+			name:   "no exp",
+			token:  tokenFor(time.Hour, map[string]any{"exp": nil}),
+			margin: 30000,
+			want:   nil,
+		},
+		{
+			name:   "not a JWT",
+			token:  "opaque-token",
+			margin: 30000,
+			want:   nil,
+		},
+	}
+	for _, tt := range refresh {
+		var got *float64
+		p.call(&got, "refreshDelay", tt.token, nowMS, tt.margin, 0.1)
+		if (got == nil) != (tt.want == nil) || got != nil && *got != *tt.want {
+			t.Fatalf("%s: refreshDelay = %v, want %v",
+				tt.name, deref(got), deref(tt.want))
+		}
+	}
+	var payload map[string]any
+	p.call(&payload, "decodeJwtPayload", tokenFor(time.Hour, nil))
+	if payload["sub"] != "zoë" {
+		t.Fatalf("decoded sub %q, want the UTF-8 zoë",
+			payload["sub"])
+	}
+	backoff := []struct {
+		attempt int
+		random  float64
+		want    float64
+	}{
+		{
+			attempt: 0,
+			random:  0,
+			want:    500,
+		},
+		{
+			attempt: 3,
+			random:  0,
+			want:    4000,
+		},
+		{
+			attempt: 10,
+			random:  0,
+			want:    30000,
+		},
+		{
+			attempt: 10,
+			random:  1,
+			want:    15000,
+		},
+	}
+	for _, tt := range backoff {
+		var got float64
+		p.call(&got, "backoffWith", tt.attempt, map[string]any{}, tt.random)
+		if got != tt.want {
+			t.Fatalf("backoffDelay(%d, random %v) = %v, want %v",
+				tt.attempt, tt.random, got, tt.want)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
 
 func waitClient(t *testing.T, p *page, id string, ok func(clientRun) error) clientRun {

@@ -190,7 +190,12 @@ const testPage = `<!doctype html>
 <meta charset="utf-8">
 <title>wsbroker browser e2e</title>
 <script type="module">
-import { WsBrokerClient } from "/wsbroker.js";
+import { WsBrokerClient, refreshDelay, backoffDelay, decodeJwtPayload, tokenExpiry } from "/wsbroker.js";
+
+window.refreshDelay = refreshDelay;
+window.decodeJwtPayload = decodeJwtPayload;
+window.tokenExpiry = tokenExpiry;
+window.backoffWith = (n, opts, r) => backoffDelay(n, opts, () => r);
 
 const runs = {}, sockets = {}, clients = {}, crun = {};
 
@@ -318,6 +323,8 @@ type brokerOpts struct {
 	rejectMode broker.RejectMode
 	origins    []string
 	tracing    bool
+	// addr is the listen address; a free loopback port when empty.
+	addr string
 }
 
 func newTestBroker(t *testing.T, o brokerOpts) *testBroker {
@@ -381,7 +388,10 @@ func newTestBroker(t *testing.T, o brokerOpts) *testBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.addr == "" {
+		o.addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", o.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -522,6 +532,7 @@ func newToken(t testing.TB, sub string, ttl time.Duration) string {
 	return s
 }
 
+// counterValue reads a counter or gauge with exactly the labels.
 func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -533,8 +544,14 @@ func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[s
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if labelsMatch(m, labels) && m.Counter != nil {
+			if !labelsMatch(m, labels) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
 				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
 			}
 		}
 	}
