@@ -4,13 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -44,6 +50,8 @@ type probeServerOpts struct {
 	mode    broker.RejectMode
 	origins []string
 	verify  func(*authn.VerifyConfig)
+	// tls serves wss with a self-signed certificate for 127.0.0.1.
+	tls bool
 }
 
 func startProbeServer(t *testing.T, o probeServerOpts) *probeServer {
@@ -95,6 +103,11 @@ func startProbeServer(t *testing.T, o probeServerOpts) *probeServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	scheme := "ws"
+	if o.tls {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+		scheme = "wss"
+	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -107,7 +120,30 @@ func startProbeServer(t *testing.T, o probeServerOpts) *probeServer {
 				err)
 		}
 	})
-	return &probeServer{t: t, url: "ws://" + ln.Addr().String() + "/ws", reg: reg}
+	return &probeServer{t: t, url: scheme + "://" + ln.Addr().String() + "/ws", reg: reg}
+}
+
+// selfSigned returns a certificate for 127.0.0.1 valid for an hour.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "probe-test"},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // upgrades reads wsbroker_upgrades_total{result,reason,source}.
@@ -603,6 +639,30 @@ func TestProbeFlags(t *testing.T) {
 				t.Fatalf("the output holds the token")
 			}
 		})
+	}
+}
+
+// TestProbeTLS probes a wss:// broker.
+func TestProbeTLS(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	srv := startProbeServer(t, probeServerOpts{tls: true})
+	tok := hsProbeToken(t, nil)
+	if out, err := runProbeCmd(t, srv.url, "--token", tok, "--insecure", "--via", "all"); err != nil || !strings.Contains(out, "subprotocol  OK") {
+		t.Fatalf("probe over TLS: %v\n%s",
+			err, out)
+	}
+	out, err := runProbeCmd(t, srv.url, "--token", tok, "--json")
+	if err == nil {
+		t.Fatalf("probe trusted a self-signed certificate:\n%s",
+			out)
+	}
+	var rep probeReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if r := rep.Results[0]; r.Reason != "unreachable" || !strings.Contains(r.Error, "certificate") {
+		t.Fatalf("result %+v, want unreachable with a certificate error",
+			r)
 	}
 }
 
