@@ -358,6 +358,15 @@ func TestProbe(t *testing.T) {
 			countSource: "subprotocol",
 		},
 		{
+			name:        "accepted in close mode: the ping is answered",
+			srv:         closeSrv,
+			args:        []string{"--via", "header"},
+			token:       valid,
+			want:        []want{{transport: "header", ok: true, status: 101, subprotocol: "wsbroker.v1", reason: "none"}},
+			countReason: "none",
+			countSource: "header",
+		},
+		{
 			name:        "source_disabled in close mode",
 			srv:         closeSrv,
 			args:        []string{"--via", "query"},
