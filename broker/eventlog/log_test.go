@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -209,13 +210,15 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 
 func TestRejectionSampling(t *testing.T) {
 	const limit, burst = 50, 1000
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	// The clock is read by the appender's ticker too: atomic.
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
 	m := &fakeMetrics{}
 	l := openLog(t, Config{
 		DataDir:     t.TempDir(),
 		RejectLimit: limit,
 		Metrics:     m,
-		Now:         func() time.Time { return now },
+		Now:         func() time.Time { return time.Unix(0, now.Load()) },
 	})
 	ctx := testContext(t)
 	for i := range uint64(burst) {
@@ -259,7 +262,7 @@ func TestRejectionSampling(t *testing.T) {
 	})
 
 	// A new window lets events through again.
-	now = now.Add(time.Second)
+	now.Add(int64(time.Second))
 	l.Observe(ctx, rejected("node-1", 1, burst+2, authn.ReasonExpired))
 	flush(t, l)
 	if got := countBySubject(t, l)["wsbroker.events.node-1.upgrade_rejected"]; got != stored+2 {
