@@ -434,7 +434,7 @@ func (lg *loadgen) bad(ctx context.Context, i int) {
 	}
 	res, c, err := lg.handshake(ctx, req)
 	if err != nil {
-		if ctx.Err() != nil {
+		if ended(ctx) {
 			return // cut off by the end of the run: not an attempt
 		}
 		lg.kinds[i].add("error: " + shortError(err))
@@ -461,6 +461,16 @@ func closeResult(c *wsConn, timeout time.Duration) upgradeResult {
 			return upgradeResult("close " + strconv.Itoa(int(code)) + " " + text)
 		}
 	}
+}
+
+// ended reports whether the run is over. A dial bounded by the run's
+// deadline may fail with a timeout a moment before ctx itself says so.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 func shortError(err error) string {
@@ -568,7 +578,7 @@ func (lg *loadgen) goodClient(ctx context.Context, i int) {
 	sub := "loadgen-" + strconv.Itoa(i)
 	for ctx.Err() == nil {
 		err := lg.goodSession(ctx, i, sub)
-		if ctx.Err() != nil {
+		if ended(ctx) {
 			return
 		}
 		if err != nil {
@@ -597,7 +607,7 @@ func (lg *loadgen) goodSession(ctx context.Context, i int, sub string) error {
 	}
 	res, c, err := lg.handshake(ctx, req)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !ended(ctx) {
 			lg.goodRs.add("error: " + shortError(err))
 		}
 		return err
