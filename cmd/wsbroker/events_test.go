@@ -16,6 +16,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // lockedBuffer is a bytes.Buffer safe for the broker's log writer and the
@@ -55,15 +56,15 @@ func eventsCheckFor(t *testing.T, d time.Duration, f func() error) {
 
 // serve runs `wsbroker serve` with the event log on dataDir and returns the
 // admin address and a stop function that waits for the command to return.
-func serveWithEvents(t *testing.T, dataDir string) (ws, admin, token string, stop func()) {
+func serveWithEvents(t *testing.T, dataDir string, extra ...string) (ws, admin, token string, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	stderr, stdout := &lockedBuffer{}, &lockedBuffer{}
 	root := newRoot()
-	root.SetArgs([]string{
+	root.SetArgs(append([]string{
 		"serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--data-dir", dataDir, "--log-format", "json", "--node-id", "cmd-test", "--shutdown-drain", "1s",
-	})
+	}, extra...))
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	done := make(chan error, 1)
@@ -245,4 +246,49 @@ func TestServePresence(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// With --nats-url the broker appends to a shared NATS, and `events tail`
+// reads it there while the broker runs.
+func TestServeEventsOverNATSURL(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      server.RANDOM_PORT,
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		NoSigs:    true,
+		NoLog:     true,
+	})
+	if err != nil {
+		t.Fatalf("nats server: %v",
+			err)
+	}
+	ns.Start()
+	defer func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats server not ready")
+	}
+	url := ns.ClientURL()
+
+	_, _, _, stop := serveWithEvents(t, filepath.Join(t.TempDir(), "unused"), "--nats-url", url)
+	defer stop()
+
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetArgs([]string{"events", "tail", "--nats-url", url, "--since", "1", "--limit", "1", "--type", "node.started", "--json"})
+	root.SetOut(&out)
+	root.SetErr(io.Discard)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("events tail: %v",
+			err)
+	}
+	if !strings.Contains(out.String(), `"type":"wsbroker.node.started"`) || !strings.Contains(out.String(), `"source":"wsbroker/cmd-test"`) {
+		t.Fatalf("events tail printed %s",
+			out.String())
+	}
 }
