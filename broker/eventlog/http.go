@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -110,13 +111,13 @@ func ParseQuery(get func(string) string) (Query, error) {
 	if s := get("type"); s != "" {
 		t, ok := event.ParseType(s)
 		if !ok {
-			return q, errorf("type %q: not an event type (e.g. upgrade.rejected)", s)
+			return q, fmt.Errorf("type %q: not an event type (e.g. upgrade.rejected)", s)
 		}
 		q.Type = t
 	}
 	if s := get("reason"); s != "" {
 		if !reasonKnown(s) {
-			return q, errorf("reason %q: not a reason or close reason label", s)
+			return q, fmt.Errorf("reason %q: not a reason or close reason label", s)
 		}
 		q.Reason = s
 	}
@@ -127,7 +128,7 @@ func ParseQuery(get func(string) string) (Query, error) {
 	if s := get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 {
-			return q, errorf("limit %q: not a count", s)
+			return q, fmt.Errorf("limit %q: not a count", s)
 		}
 		q.Limit = n
 	}

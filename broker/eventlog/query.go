@@ -326,5 +326,3 @@ func reasonKnown(s string) bool {
 	_, ok := event.ParseCloseReason(s)
 	return ok
 }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
