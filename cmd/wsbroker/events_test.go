@@ -99,29 +99,41 @@ func serveWithEvents(t *testing.T, dataDir string, extra ...string) (ws, admin, 
 		}
 		return nil
 	})
-	return ws, admin, token, func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v: %s",
-				err, stderr.String())
-		}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v: %s",
+					err, stderr.String())
+			}
+		})
 	}
+	// Also on a failed test: other tests of the package check for leaked
+	// goroutines.
+	t.Cleanup(stop)
+	return ws, admin, token, stop
+}
+
+// httpGet does not keep the connection alive: an idle keep-alive would
+// outlive the test as goroutines.
+func httpGet(url string) (*http.Response, error) {
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	return c.Get(url)
 }
 
 func TestServeEventLogAndEventsCommand(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	_, admin, _, stop := serveWithEvents(t, dataDir)
-	resp, err := http.Get("http://" + admin + "/v1/events?type=node.started")
-	if err != nil {
-		t.Fatalf("GET /v1/events: %v",
-			err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `"wsbroker.node.started"`) {
-		t.Fatalf("GET /v1/events: %d %s",
-			resp.StatusCode, body)
-	}
+	// The start is appended asynchronously: poll.
+	eventsCheckFor(t, 10*time.Second, func() error {
+		var recs []json.RawMessage
+		getJSON(t, "http://"+admin+"/v1/events?type=node.started", &recs)
+		if len(recs) != 1 || !strings.Contains(string(recs[0]), `"wsbroker.node.started"`) {
+			return fmt.Errorf("/v1/events?type=node.started: %s", recs)
+		}
+		return nil
+	})
 	stop()
 
 	tests := []struct {
@@ -177,7 +189,7 @@ func TestServeEventLogAndEventsCommand(t *testing.T) {
 
 func getJSON(t *testing.T, url string, v any) {
 	t.Helper()
-	resp, err := http.Get(url)
+	resp, err := httpGet(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v",
 			url, err)
