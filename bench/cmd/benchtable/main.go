@@ -210,8 +210,10 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 	}
 	defer s.stop()
 	for _, c := range handshakeCases {
+		cpu0, cpuErr := s.cpuSeconds()
 		out, err := e.loadclient("handshake", "-url", s.wsURL, "-hmac-secret-file", e.secret, "-rsa-key-file", e.rsaKey,
 			"-case", c, "-workers", fmt.Sprint(o.workers), "-duration", o.duration.String())
+		cpu1, cpuErr1 := s.cpuSeconds()
 		if err != nil {
 			fmt.Printf("  %s: %v\n", c, err)
 			continue
@@ -219,6 +221,7 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 		fmt.Fprintf(raw, "%s round %d handshake %s", v.name, round+1, out)
 		var h struct {
 			PerSec     float64 `json:"per_sec"`
+			OK         float64 `json:"ok"`
 			Unexpected int64   `json:"unexpected"`
 			Errors     int64   `json:"errors"`
 			FirstError string  `json:"first_error"`
@@ -227,11 +230,17 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 			return fmt.Errorf("handshake output %q: %w", out, err)
 		}
 		res.add(v.name, c, round, h.PerSec)
+		cpuNote := ""
+		if ops := h.OK; cpuErr == nil && cpuErr1 == nil && ops > 0 {
+			us := (cpu1 - cpu0) / ops * 1e6
+			res.add(v.name, "cpu-"+c, round, us)
+			cpuNote = fmt.Sprintf("  %6.1f µs server CPU/op", us)
+		}
 		note := ""
 		if h.Unexpected+h.Errors > 0 {
 			note = fmt.Sprintf(" (%d unexpected, %d errors: %s)", h.Unexpected, h.Errors, h.FirstError)
 		}
-		fmt.Printf("  %-15s %8.0f /s%s\n", c, h.PerSec, note)
+		fmt.Printf("  %-15s %8.0f /s%s%s\n", c, h.PerSec, cpuNote, note)
 	}
 	return nil
 }
@@ -428,6 +437,31 @@ func start(name string, cmd *exec.Cmd, wsURL, metricsURL, readyURL string) (*ser
 	}
 	s.stop()
 	return nil, errors.New(name + " not ready within 20s")
+}
+
+// cpuSeconds is the user+system CPU time the server process has used, from
+// /proc/<pid>/stat (clock ticks of 1/100 s). Unlike throughput it hardly
+// depends on what else the machine runs.
+func (s *server) cpuSeconds() (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("cpu: %w", err)
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 of the whole line.
+	_, rest, ok := strings.Cut(string(raw), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("cpu: short stat %q", raw)
+	}
+	var ut, st float64
+	if _, err := fmt.Sscan(f[11], &ut); err != nil {
+		return 0, fmt.Errorf("cpu: utime: %w", err)
+	}
+	if _, err := fmt.Sscan(f[12], &st); err != nil {
+		return 0, fmt.Errorf("cpu: stime: %w", err)
+	}
+	return (ut + st) / 100, nil
 }
 
 func (s *server) stop() {

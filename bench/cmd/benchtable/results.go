@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 )
 
 // results holds one value per variant, metric and round.
@@ -88,6 +89,10 @@ var rows = []row{
 	{"accepted RS256 handshakes/s", "accept-rs256", 0, ""},
 	{"rejected missing_token /s", "reject-missing", 0, "≥ accepted"},
 	{"rejected bad_signature /s", "reject-badsig", 0, "≥ accepted"},
+	{"server CPU µs per accepted HS256", "cpu-accept-hs256", 1, "≤ baseline/2"},
+	{"server CPU µs per accepted RS256", "cpu-accept-rs256", 1, ""},
+	{"server CPU µs per missing_token", "cpu-reject-missing", 1, "≤ accepted"},
+	{"server CPU µs per bad_signature", "cpu-reject-badsig", 1, "≤ accepted"},
 	{"RSS per idle conn (B)", "rss_per_conn", 0, "≤ 2048 (4096 max), ≤ baseline/5"},
 	{"Go heap per idle conn (B)", "heap_per_conn", 0, ""},
 	{"goroutines per idle conn", "goroutines_per_conn", 2, ""},
@@ -118,14 +123,23 @@ func (r results) print(w io.Writer, events bool) {
 			summarize(r.crossRatios(v, "reject-badsig", "accept-hs256")).format(2))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Observability tax: wsbroker with OTLP export (--trace-success-ratio 0.01, failures always exported) vs OTEL_TRACES_EXPORTER=none; tax = 1 − traced/untraced (goal ≤ 15%)")
+	fmt.Fprintln(w, "Observability tax: wsbroker with OTLP export (--trace-success-ratio 0.01, failures always exported) vs OTEL_TRACES_EXPORTER=none; tax = 1 − traced/untraced for rates, traced/untraced − 1 for server CPU per op (cpu- rows, µs) (goal ≤ 15%)")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| case | untraced /s | traced /s | traced/untraced | tax |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
+	cases := slices.Clone(handshakeCases)
 	for _, c := range handshakeCases {
+		cases = append(cases, "cpu-"+c)
+	}
+	for _, c := range cases {
 		rt := summarize(r.ratios("wsbroker-traced", "wsbroker", c))
 		tax := "n/a"
-		if rt.n > 0 {
+		if strings.HasPrefix(c, "cpu-") {
+			// CPU per op: the tax is the extra CPU, traced/untraced − 1.
+			if rt.n > 0 {
+				tax = fmt.Sprintf("%.0f%% (%.0f%%–%.0f%%)", 100*(rt.med-1), 100*(rt.lo-1), 100*(rt.hi-1))
+			}
+		} else if rt.n > 0 {
 			tax = fmt.Sprintf("%.0f%% (%.0f%%–%.0f%%)", 100*(1-rt.med), 100*(1-rt.hi), 100*(1-rt.lo))
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", c,
