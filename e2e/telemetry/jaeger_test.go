@@ -3,7 +3,6 @@ package telemetrye2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -292,17 +291,4 @@ func checkUpgradeTrace(t *testing.T, tr jaegertest.Trace, reason, source, stage 
 		raw, _ := json.MarshalIndent(tr, "", " ")
 		t.Logf("trace:\n%s", raw)
 	}
-}
-
-// traceIDs returns the trace ids of Jaeger's search for the service.
-func traceIDs(ctx context.Context, j *jaegertest.Jaeger) (map[string]bool, error) {
-	traces, err := j.Traces(ctx, "wsbroker")
-	if err != nil {
-		return nil, fmt.Errorf("jaeger traces: %w", err)
-	}
-	out := make(map[string]bool, len(traces))
-	for _, tr := range traces {
-		out[tr.TraceID] = true
-	}
-	return out, nil
 }
