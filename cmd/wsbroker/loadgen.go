@@ -740,7 +740,26 @@ func (s loadSummary) write(w io.Writer, asJSON bool) error {
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("loadgen: write summary: %w", err)
 	}
+	if s.rateLimited() {
+		_, err := fmt.Fprintln(w, "\nSome attempts were refused as rate_limited: the broker limits failed attempts per client "+
+			"address (serve --failure-burst, --failure-rate); run it with --failure-burst 0 to see every reason.")
+		if err != nil {
+			return fmt.Errorf("loadgen: write summary: %w", err)
+		}
+	}
 	return nil
+}
+
+// rateLimited reports whether any attempt was refused as rate_limited.
+func (s loadSummary) rateLimited() bool {
+	for _, k := range s.Bad {
+		for r := range k.Results {
+			if strings.HasSuffix(r, " "+authn.ReasonRateLimited.String()) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // got reports whether the wanted reason was observed at least once.
