@@ -171,6 +171,15 @@ func (s *probeServer) upgrades(result, reason, source string) float64 {
 	return 0
 }
 
+// verifyNoLeaks checks, when t ends, that it left no goroutine behind.
+// Goroutines that were there when it started (other tests' in this
+// package) are not its business.
+func verifyNoLeaks(t *testing.T) {
+	t.Helper()
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+}
+
 // probeCheckFor polls f until it returns nil or total passes.
 func probeCheckFor(t *testing.T, total, step time.Duration, f func() error) {
 	t.Helper()
@@ -230,7 +239,7 @@ func runProbeCmd(t *testing.T, args ...string) (string, error) {
 }
 
 func TestProbe(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	valid := hsProbeToken(t, nil)
 	expired := hsProbeToken(t, func(c jwt.MapClaims, _ map[string]any) {
 		c["iat"] = time.Now().Add(-2 * time.Hour).Unix()
@@ -486,7 +495,7 @@ func resultOf(reason string) string {
 // TestProbeText checks the human output: the reason, the fix and the id to
 // search for, and never the token.
 func TestProbeText(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	srv := startProbeServer(t, probeServerOpts{})
 	tok := hsProbeToken(t, nil)
 	out, err := runProbeCmd(t, srv.url+"?access_token="+tok, "--via", "query", "--token", tok)
@@ -515,7 +524,7 @@ func TestProbeText(t *testing.T) {
 
 // TestProbeBadServers points probe at servers that get the handshake wrong.
 func TestProbeBadServers(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	tok := hsProbeToken(t, nil)
 	tests := []struct {
 		name        string
@@ -653,7 +662,7 @@ func TestProbeFlags(t *testing.T) {
 
 // TestProbeTLS probes a wss:// broker.
 func TestProbeTLS(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	srv := startProbeServer(t, probeServerOpts{tls: true})
 	tok := hsProbeToken(t, nil)
 	if out, err := runProbeCmd(t, srv.url, "--token", tok, "--insecure", "--via", "all"); err != nil || !strings.Contains(out, "subprotocol  OK") {
@@ -677,7 +686,7 @@ func TestProbeTLS(t *testing.T) {
 
 // TestProbeTokenFile reads the token from a file.
 func TestProbeTokenFile(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	srv := startProbeServer(t, probeServerOpts{})
 	path := filepath.Join(t.TempDir(), "tok.jwt")
 	if err := os.WriteFile(path, []byte(hsProbeToken(t, nil)+"\n"), 0o600); err != nil {
@@ -772,7 +781,7 @@ func (p *pongWriter) Write(b []byte) (int, error) {
 
 // TestInspect checks `token inspect` verdicts, with and without keys.
 func TestInspect(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "secret")
 	if err := os.WriteFile(secretFile, append(probeSecret, '\n'), 0o600); err != nil {
@@ -972,7 +981,7 @@ func TestInspect(t *testing.T) {
 // TestInspectAgreesWithServer checks that what inspect predicts is what a
 // server with the same settings answers (through probe).
 func TestInspectAgreesWithServer(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	verifyNoLeaks(t)
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secretFile, probeSecret, 0o600); err != nil {
 		t.Fatal(err)
