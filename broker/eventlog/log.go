@@ -147,7 +147,7 @@ type Log struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 
-	queue   chan event.Event
+	queue   *queue
 	sampler *sampler
 	proj    *Projection
 	projCC  jetstream.ConsumeContext
@@ -251,7 +251,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if err := l.startProjection(ctx); err != nil {
 		return nil, err
 	}
-	l.queue = make(chan event.Event, cfg.QueueSize)
+	l.queue = newQueue(cfg.QueueSize)
 	l.sampler = newSampler(cfg.RejectLimit)
 	l.wg.Add(1)
 	go l.run()
@@ -353,9 +353,7 @@ func (l *Log) enqueue(e *event.Event) {
 	// Counted before the send so that Flush, which compares done with
 	// enqueued, never misses an event the batcher already took.
 	l.enqueued.Add(1)
-	select {
-	case l.queue <- *e:
-	default:
+	if !l.queue.push(e) {
 		l.enqueued.Add(^uint64(0))
 		l.publishError()
 	}

@@ -15,7 +15,7 @@ import (
 func TestObserveFullQueueDrops(t *testing.T) {
 	m := &fakeMetrics{}
 	// No appender drains this queue, so it stays full.
-	l := &Log{cfg: Config{Metrics: m, RejectLimit: -1}, queue: make(chan event.Event, 2)}
+	l := &Log{cfg: Config{Metrics: m, RejectLimit: -1}, queue: newQueue(2)}
 	for i := range uint64(5) {
 		l.Observe(context.Background(), opened("node-1", 1, i+1, i+1, "alice"))
 	}
@@ -31,11 +31,12 @@ func TestObserveFullQueueDrops(t *testing.T) {
 
 // The accepted path does not allocate (DESIGN.md §1).
 func TestObserveDoesNotAllocate(t *testing.T) {
-	l := &Log{cfg: Config{RejectLimit: DefaultRejectLimit}, queue: make(chan event.Event, 1)}
+	l := &Log{cfg: Config{RejectLimit: DefaultRejectLimit}, queue: newQueue(1)}
 	e := opened("node-1", 1, 1, 1, "alice")
+	buf := make([]event.Event, 0, 1)
 	allocs := testing.AllocsPerRun(100, func() {
 		l.Observe(context.Background(), e)
-		<-l.queue
+		buf = l.queue.pop(buf[:0], 1)
 	})
 	if allocs != 0 {
 		t.Fatalf("Observe allocates %.1f times per event",
@@ -98,12 +99,13 @@ func TestTail(t *testing.T) {
 // BenchmarkObserve measures the producers' side of an append: copying the
 // event into the queue.
 func BenchmarkObserve(b *testing.B) {
-	l := &Log{cfg: Config{RejectLimit: DefaultRejectLimit}, queue: make(chan event.Event, 1)}
+	l := &Log{cfg: Config{RejectLimit: DefaultRejectLimit}, queue: newQueue(1)}
 	e := opened("node-1", 1, 1, 1, "alice")
+	buf := make([]event.Event, 0, 1)
 	b.ReportAllocs()
 	for b.Loop() {
 		l.Observe(context.Background(), e)
-		<-l.queue
+		buf = l.queue.pop(buf[:0], 1)
 	}
 }
 
@@ -113,7 +115,7 @@ func BenchmarkObserveRejectedFlood(b *testing.B) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	l := &Log{
 		cfg:     Config{RejectLimit: DefaultRejectLimit, Now: func() time.Time { return now }},
-		queue:   make(chan event.Event, 2*DefaultRejectLimit),
+		queue:   newQueue(2 * DefaultRejectLimit),
 		sampler: newSampler(DefaultRejectLimit),
 	}
 	e := rejected("node-1", 1, 1, authn.ReasonExpired)

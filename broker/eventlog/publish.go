@@ -26,53 +26,52 @@ func (l *Log) run() {
 	defer l.wg.Done()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	batch := make([]event.Event, 0, maxBatch)
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
+	batch := make([]event.Event, 0, maxBatch)
+	housekeeping := func() {
+		l.sampler.releaseExpired(l, l.cfg.Now())
+		l.queueDepth()
+	}
 	for {
-		batch = batch[:0]
+		// Also when busy: held rejections must not wait for an idle moment.
 		select {
-		case e := <-l.queue:
-			batch = append(batch, e)
 		case <-tick.C:
-			l.sampler.releaseExpired(l, l.cfg.Now())
-			l.queueDepth()
-			continue
-		case <-l.stop:
-			l.drain(batch)
-			return
+			housekeeping()
+		default:
 		}
-		linger.Reset(batchLinger)
-	fill:
-		for len(batch) < maxBatch {
+		if l.queue.len() == 0 {
 			select {
-			case e := <-l.queue:
-				batch = append(batch, e)
-			case <-linger.C:
-				break fill
+			case <-l.queue.ready:
+			case <-tick.C:
+				housekeeping()
+				continue
 			case <-l.stop:
-				break fill
+				l.drain(batch)
+				return
+			}
+			// Let a batch gather, unless it already has.
+			if l.queue.len() < maxBatch {
+				linger.Reset(batchLinger)
+				select {
+				case <-linger.C:
+				case <-l.stop:
+					linger.Stop()
+				}
 			}
 		}
-		linger.Stop()
-		l.publish(batch)
-		l.queueDepth()
+		batch = l.queue.pop(batch[:0], maxBatch)
+		if len(batch) > 0 {
+			l.publish(batch)
+			l.queueDepth()
+		}
 	}
 }
 
 // drain appends what is left in the queue when the log closes.
 func (l *Log) drain(batch []event.Event) {
 	for {
-		batch = batch[:0]
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case e := <-l.queue:
-				batch = append(batch, e)
-			default:
-				break fill
-			}
-		}
+		batch = l.queue.pop(batch[:0], maxBatch)
 		if len(batch) == 0 {
 			return
 		}
