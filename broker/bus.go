@@ -16,6 +16,10 @@ type Bus interface {
 	// not block on the network).
 	Watch(channel string)
 	Unwatch(channel string)
+	// Sync returns once the node's interest in a watched channel is
+	// established, so that a message published after a subscribe's ack
+	// reaches the subscriber. It is called outside the hub's lock.
+	Sync(ctx context.Context, channel string) error
 	// Publish carries a message published on this node to the others.
 	// With History it returns once the history stream stored the message,
 	// with its stream sequence as offset; without, it does not wait and

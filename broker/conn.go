@@ -97,8 +97,7 @@ func (s *Server) open(h *handshake) {
 	}
 	e.TokenExpiry = c.expiry
 	e.Duration = s.now().Sub(h.start)
-	s.fillTrace(e, h.span)
-	h.endSpan(101)
+	h.traceEvent(e)
 
 	s.mu.Lock()
 	if s.closing || len(s.conns) >= s.cfg.MaxConns ||
@@ -121,7 +120,7 @@ func (s *Server) open(h *handshake) {
 	s.connWG.Add(1)
 	s.mu.Unlock()
 
-	s.emit(h.ctx, e)
+	s.emit(context.Background(), e)
 	s.putEvent(e)
 	c.armExpiry()
 	d, err := s.poller.Add(c.nc, c.onReadable)

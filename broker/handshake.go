@@ -13,14 +13,13 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/redact"
+	"github.com/wsbroker/wsbroker/telemetry/tracing"
 )
 
 var (
@@ -81,8 +80,14 @@ type handshake struct {
 	verdict   authn.Verdict
 	selected  bool // wsbroker.v1 selected in the response
 	respHdr   []byte
-	ctx       context.Context
-	span      trace.Span
+	// Trace of the upgrade: the ids are picked when the headers are read,
+	// the spans are built from the event only if the trace is kept.
+	sc         trace.SpanContext
+	parent     trace.SpanContext
+	kept       bool
+	authStart  time.Time
+	extractEnd time.Time
+	verifyEnd  time.Time
 }
 
 func newHandshake(s *Server) *handshake {
@@ -108,7 +113,8 @@ func (h *handshake) reset(c net.Conn) {
 	h.principal, h.verdict = authn.Principal{}, authn.Verdict{}
 	h.selected = false
 	h.respHdr = h.respHdr[:0]
-	h.ctx, h.span = nil, nil
+	h.sc, h.parent, h.kept = trace.SpanContext{}, trace.SpanContext{}, false
+	h.authStart, h.extractEnd, h.verifyEnd = time.Time{}, time.Time{}, time.Time{}
 }
 
 func (h *handshake) onRequest(uri []byte) error {
@@ -157,10 +163,11 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	if h.selected {
 		h.respHdr = append(h.respHdr, "Sec-WebSocket-Protocol: "+authn.Protocol+"\r\n"...)
 	}
-	if h.span != nil && h.span.SpanContext().IsValid() {
+	h.kept = h.sc.IsValid() && h.s.traces.Keeps(h.sc, h.reason != authn.ReasonNone)
+	if h.kept {
 		h.respHdr = append(h.respHdr, "X-Trace-Id: "...)
 		var tid [32]byte
-		h.respHdr = append(h.respHdr, hexTrace(tid[:], h.span.SpanContext().TraceID())...)
+		h.respHdr = append(h.respHdr, hexTrace(tid[:], h.sc.TraceID())...)
 		h.respHdr = append(h.respHdr, "\r\n"...)
 	}
 	return ws.HandshakeHeaderBytes(h.respHdr), nil
@@ -179,9 +186,12 @@ func hexTrace(dst []byte, id trace.TraceID) []byte {
 func (h *handshake) authenticate() {
 	s := h.s
 	h.remote = s.clientAddr(h.conn, h.req.ForwardedFor())
-	h.ctx = context.Background()
-	if s.tracing {
-		h.startSpan()
+	if s.traces != nil {
+		h.authStart = s.now()
+		if tp := h.req.Traceparent(); len(tp) > 0 {
+			h.parent = trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(), traceCarrier{tp: string(tp)}))
+		}
+		h.sc = tracing.NewIDs(h.parent)
 	}
 	if s.failures.limited(h.remote, h.start) {
 		h.reason = authn.ReasonRateLimited
@@ -190,35 +200,16 @@ func (h *handshake) authenticate() {
 
 	s.ex.Extract(h.req, &h.ext)
 	h.reason, h.source = h.ext.Reason, h.ext.Source
-	if s.tracing {
-		h.traceExtract()
-	}
+	t0 := s.now()
+	h.extractEnd = t0
 	if h.reason != authn.ReasonNone {
 		return
 	}
 
-	vctx := h.ctx
-	var vspan trace.Span
-	if s.tracing {
-		vctx, vspan = s.tracer.Start(h.ctx, "authn.verify")
-	}
-	t0 := s.now()
-	h.principal, h.verdict = s.ver.Verify(vctx, h.ext.Token)
-	s.metrics.VerifyDuration(h.verdict.Alg, s.now().Sub(t0))
+	h.principal, h.verdict = s.ver.Verify(context.Background(), h.ext.Token)
+	h.verifyEnd = s.now()
+	s.metrics.VerifyDuration(h.verdict.Alg, h.verifyEnd.Sub(t0))
 	h.reason = h.verdict.Reason
-	if vspan != nil {
-		vspan.SetAttributes(
-			attribute.String("jwt.alg", h.verdict.Alg),
-			attribute.String("jwt.kid", h.verdict.Kid),
-			attribute.String("jwt.iss", h.verdict.Iss),
-			attribute.String("authn.reason", h.reason.String()),
-		)
-		if h.reason != authn.ReasonNone {
-			vspan.SetStatus(codes.Error, h.reason.String())
-			vspan.SetAttributes(attribute.String("error.type", h.reason.String()))
-		}
-		vspan.End()
-	}
 	if h.reason != authn.ReasonNone {
 		return
 	}
@@ -237,62 +228,6 @@ func (h *handshake) authenticate() {
 	}
 }
 
-func (h *handshake) startSpan() {
-	s := h.s
-	ctx := context.Background()
-	if tp := h.req.Traceparent(); len(tp) > 0 {
-		ctx = propagation.TraceContext{}.Extract(ctx, traceCarrier{tp: string(tp)})
-	}
-	h.ctx, h.span = s.tracer.Start(ctx, "ws.upgrade",
-		trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithTimestamp(h.start),
-		trace.WithAttributes(
-			attribute.String("http.request.method", http.MethodGet),
-			attribute.String("url.path", redact.Path(h.req.URI())),
-			attribute.String("url.scheme", "ws"),
-			attribute.String("server.address", string(h.req.Host())),
-			attribute.String("client.address", h.remote.String()),
-			attribute.String("user_agent.original", redact.Text(string(h.req.UserAgent()))),
-			attribute.String("network.protocol.name", "websocket"),
-		),
-	)
-	if q := bytes.IndexByte(h.req.URI(), '?'); q >= 0 {
-		h.span.SetAttributes(attribute.String("url.query", s.redactor.URI(h.req.URI()[q:])[1:]))
-	}
-}
-
-func (h *handshake) traceExtract() {
-	_, span := h.s.tracer.Start(h.ctx, "authn.extract")
-	for i := 0; i < h.ext.NChecks; i++ {
-		c := h.ext.Checks[i]
-		outcome := "absent"
-		switch {
-		case c.Reason != authn.ReasonNone:
-			outcome = c.Reason.String()
-		case c.Found && !c.Enabled:
-			outcome = "ignored_disabled"
-		case c.Found:
-			outcome = "token"
-		}
-		span.AddEvent("source.checked", trace.WithAttributes(
-			attribute.String("source", c.Source.String()),
-			attribute.Bool("enabled", c.Enabled),
-			attribute.Bool("found", c.Found),
-			attribute.String("outcome", outcome),
-		))
-	}
-	span.SetAttributes(
-		attribute.String("authn.source", h.ext.Source.String()),
-		attribute.String("authn.reason", h.ext.Reason.String()),
-		attribute.Bool("websocket.protocol_offered", h.ext.ProtocolOffered),
-	)
-	if h.ext.Reason != authn.ReasonNone {
-		span.SetStatus(codes.Error, h.ext.Reason.String())
-		span.SetAttributes(attribute.String("error.type", h.ext.Reason.String()))
-	}
-	span.End()
-}
-
 type traceCarrier struct{ tp string }
 
 func (c traceCarrier) Get(key string) string {
@@ -304,28 +239,40 @@ func (c traceCarrier) Get(key string) string {
 func (c traceCarrier) Set(string, string) {}
 func (c traceCarrier) Keys() []string     { return []string{"traceparent"} }
 
-// endSpan finishes ws.upgrade with the outcome.
-func (h *handshake) endSpan(status int) {
-	if h.span == nil {
+// traceEvent stamps e with the upgrade's trace ids and, when the trace is
+// kept, with what its spans are built from.
+func (h *handshake) traceEvent(e *event.Event) {
+	if !h.sc.IsValid() {
 		return
 	}
-	h.span.SetAttributes(
-		attribute.Int("http.response.status_code", status),
-		attribute.String("authn.source", h.source.String()),
-		attribute.String("authn.reason", h.reason.String()),
-	)
-	if h.reason != authn.ReasonNone {
-		h.span.SetStatus(codes.Error, h.reason.String())
-		h.span.SetAttributes(attribute.String("error.type", h.reason.String()))
+	e.TraceID, e.SpanID = h.sc.TraceID(), h.sc.SpanID()
+	failed := e.Type == event.TypeUpgradeRejected
+	e.Sampled = h.s.traces.Keeps(h.sc, failed)
+	if !e.Sampled {
+		return
 	}
-	h.span.End()
+	t := &e.Trace
+	t.Parent = h.parent
+	t.Start, t.AuthStart, t.ExtractEnd, t.VerifyEnd = h.start, h.authStart, h.extractEnd, h.verifyEnd
+	t.Host = string(h.req.Host())
+	if q := bytes.IndexByte(h.req.URI(), '?'); q >= 0 {
+		t.Query = h.s.redactor.URI(h.req.URI()[q:])[1:]
+	}
+	t.Checks, t.NChecks = h.ext.Checks, uint8(h.ext.NChecks)
+	t.ProtocolOffered = h.ext.ProtocolOffered
+	t.ExtractSource, t.ExtractReason = h.ext.Source, h.ext.Reason
+	t.VerifyReason = h.verdict.Reason
+	if !failed {
+		e.Path = h.s.redactor.URI(h.req.URI())
+		e.UserAgent = redact.Text(string(h.req.UserAgent()))
+	}
 }
 
 // requestID names the attempt in responses, logs and events: the trace id
 // when traced, so that the id a user reports finds the trace.
 func (h *handshake) requestID() string {
-	if h.span != nil && h.span.SpanContext().IsValid() {
-		return h.span.SpanContext().TraceID().String()
+	if h.sc.IsValid() {
+		return h.sc.TraceID().String()
 	}
 	return strconv.FormatUint(h.s.seq.Add(1), 36) + "-" + h.s.cfg.Node
 }
@@ -361,9 +308,9 @@ func (h *handshake) writeRejection(requestID string) {
 	b.WriteString("\r\nX-Wsbroker-Reason: ")
 	b.WriteString(r.String())
 	b.WriteString("\r\n")
-	if h.span != nil && h.span.SpanContext().IsValid() {
+	if h.sc.IsValid() {
 		b.WriteString("X-Trace-Id: ")
-		b.WriteString(h.span.SpanContext().TraceID().String())
+		b.WriteString(h.sc.TraceID().String())
 		b.WriteString("\r\n")
 	}
 	if status == http.StatusUnauthorized || r.BearerError() != "" {

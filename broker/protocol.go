@@ -65,6 +65,13 @@ func (s *Server) handleMessage(c *Conn, p []byte) {
 			c.sendError(m.ID, codeConflict, "already_subscribed", "already subscribed to "+strconv.Quote(m.Channel))
 			return
 		}
+		if s.hub.bus != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WriteTimeout)
+			if err := s.hub.bus.Sync(ctx, m.Channel); err != nil {
+				s.log.Warn("bus subscription not confirmed", "err", err)
+			}
+			cancel()
+		}
 		switch {
 		case replay:
 			s.recover(c, &m)

@@ -19,7 +19,6 @@ import (
 
 	"github.com/gobwas/ws"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker/poller"
@@ -27,6 +26,13 @@ import (
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/redact"
 )
+
+// Traces decides which upgrade traces are kept and turns kept upgrades
+// into spans (tracing.Provider implements it).
+type Traces interface {
+	Keeps(sc trace.SpanContext, failed bool) bool
+	event.Sink
+}
 
 // Deps are the collaborators a Server is given; none is global.
 type Deps struct {
@@ -36,11 +42,9 @@ type Deps struct {
 	Metrics   *telemetry.Metrics
 	// Sink receives every event (metrics, log, event log...).
 	Sink event.Sink
-	// Tracer traces upgrades; nil means no tracing.
-	Tracer trace.Tracer
-	// Keeps reports whether a trace will be exported (failed says whether
-	// the upgrade failed); only kept traces become exemplars. Nil keeps all.
-	Keeps  func(sc trace.SpanContext, failed bool) bool
+	// Traces, when set, traces upgrades: it decides which traces are kept
+	// and builds their spans from the events (tracing.Provider).
+	Traces Traces
 	Logger *slog.Logger
 	// Redactor masks the configured query parameter, among others.
 	Redactor *redact.Redactor
@@ -61,9 +65,7 @@ type Server struct {
 	origins  *authn.Origins
 	metrics  *telemetry.Metrics
 	sink     event.Sink
-	tracer   trace.Tracer
-	keeps    func(trace.SpanContext, bool) bool
-	tracing  bool
+	traces   Traces
 	log      *slog.Logger
 	redactor *redact.Redactor
 	now      func() time.Time
@@ -111,8 +113,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		origins:   d.Origins,
 		metrics:   d.Metrics,
 		sink:      d.Sink,
-		tracer:    d.Tracer,
-		keeps:     d.Keeps,
+		traces:    d.Traces,
 		log:       d.Logger,
 		redactor:  d.Redactor,
 		now:       d.Now,
@@ -126,10 +127,9 @@ func New(cfg Config, d Deps) (*Server, error) {
 	if s.sink == nil {
 		s.sink = event.Sinks{}
 	}
-	if s.tracer == nil {
-		s.tracer = noop.NewTracerProvider().Tracer("")
-	} else {
-		s.tracing = true
+	if s.traces != nil {
+		// Spans come from the events, after every other sink saw them.
+		s.sink = event.Sinks{s.sink, s.traces}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -290,19 +290,9 @@ func (s *Server) reject(h *handshake) {
 	e := s.getEvent()
 	h.rejectionEvent(e, status, rid)
 	e.Duration = s.now().Sub(h.start)
-	s.fillTrace(e, h.span)
-	h.endSpan(status)
-	s.emit(h.ctx, e)
+	h.traceEvent(e)
+	s.emit(context.Background(), e)
 	s.putEvent(e)
-}
-
-func (s *Server) fillTrace(e *event.Event, span trace.Span) {
-	if span == nil {
-		return
-	}
-	sc := span.SpanContext()
-	e.TraceID, e.SpanID = sc.TraceID(), sc.SpanID()
-	e.Sampled = sc.IsSampled() && (s.keeps == nil || s.keeps(sc, e.Type == event.TypeUpgradeRejected))
 }
 
 // clientAddr is the peer address, or the client address a trusted proxy

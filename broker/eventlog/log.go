@@ -69,6 +69,9 @@ type Config struct {
 	// NATSURLs selects an external NATS cluster instead of the embedded
 	// server.
 	NATSURLs []string
+	// NATSOptions are extra options of the connection to NATSURLs
+	// (credentials, TLS).
+	NATSOptions []nats.Option
 	// Node names this broker node in subjects.
 	Node string
 	// MaxAge and MaxBytes bound the stream's retention.
@@ -205,7 +208,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			return nil, fmt.Errorf("eventlog: connect to the embedded NATS server: %w", err)
 		}
 	} else {
-		l.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","), opts...)
+		l.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","), append(opts, cfg.NATSOptions...)...)
 		if err != nil {
 			return nil, fmt.Errorf("eventlog: nats-url %q: %w", strings.Join(cfg.NATSURLs, ","), err)
 		}

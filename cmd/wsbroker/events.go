@@ -280,6 +280,7 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 		Node:     o.nodeID,
 		MaxAge:   o.eventsMaxAge,
 		MaxBytes: o.eventsMaxBytes,
+		Replicas: o.streamReplicas,
 		Metrics:  m,
 		Logger:   logger,
 	}

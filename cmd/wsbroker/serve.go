@@ -259,8 +259,7 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 		Epoch:    epoch,
 	}
 	if tp.Enabled() {
-		deps.Tracer = tp.Tracer()
-		deps.Keeps = tp.Keeps
+		deps.Traces = tp
 	}
 	srv, err := broker.New(cfg, deps)
 	if err != nil {

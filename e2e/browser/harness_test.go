@@ -376,7 +376,7 @@ func newTestBroker(t *testing.T, o brokerOpts) *testBroker {
 			}
 		})
 		b.tp = tp
-		deps.Tracer, deps.Keeps = tp.Tracer(), tp.Keeps
+		deps.Traces = tp
 	}
 	cfg := broker.DefaultConfig()
 	cfg.Node = "e2e"

@@ -197,8 +197,7 @@ func benchBroker(b *testing.B, level telemetryLevel) string {
 		})
 		deps.Sink = event.Sinks{metrics, telemetry.NewEventLogger(logger)}
 		deps.Logger = logger
-		deps.Tracer = tp.Tracer()
-		deps.Keeps = tp.Keeps
+		deps.Traces = tp
 	}
 	cfg := broker.DefaultConfig()
 	cfg.Node = "bench"

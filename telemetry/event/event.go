@@ -166,6 +166,32 @@ type Event struct {
 
 	// Subscription.
 	Channel string
+
+	// Upgrade trace detail, filled only when the upgrade's trace is kept
+	// (Sampled): the spans are built from the event after the fact, so an
+	// upgrade whose trace is dropped costs no span at all.
+	Trace UpgradeTrace
+}
+
+// UpgradeTrace is what the spans of one upgrade (ws.upgrade, authn.extract,
+// authn.verify) are built from.
+type UpgradeTrace struct {
+	// Parent is the client's span from a traceparent header, if any.
+	Parent trace.SpanContext
+	// Start is the first handshake byte; AuthStart the end of the headers;
+	// ExtractEnd the end of extraction; VerifyEnd the end of verification
+	// (zero when it did not run).
+	Start, AuthStart, ExtractEnd, VerifyEnd time.Time
+	Host                                    string
+	Query                                   string
+	Checks                                  [authn.NumSources - 1]authn.Check
+	NChecks                                 uint8
+	ProtocolOffered                         bool
+	// ExtractSource and ExtractReason are extraction's own outcome;
+	// VerifyReason verification's (ReasonNone when it passed or did not run).
+	ExtractSource authn.Source
+	ExtractReason authn.Reason
+	VerifyReason  authn.Reason
 }
 
 // Reset zeroes e for reuse.

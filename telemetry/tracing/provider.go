@@ -127,6 +127,7 @@ func NewProvider(ctx context.Context, cfg Config) (*Provider, error) {
 	sdk := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(recordAll{}),
+		sdktrace.WithIDGenerator(presetIDs{}),
 		sdktrace.WithSpanProcessor(tail),
 	)
 	return &Provider{
