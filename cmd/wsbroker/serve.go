@@ -16,6 +16,8 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/broker/cluster"
+	"github.com/wsbroker/wsbroker/broker/eventlog"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/redact"
@@ -64,6 +66,12 @@ type serveOptions struct {
 	natsURLs       []string
 	eventsMaxAge   time.Duration
 	eventsMaxBytes int64
+	// Cluster (broker/cluster, docs/cluster.md).
+	natsCreds, natsTLSCA string
+	streamReplicas       int
+	historyMessages      int
+	historyAge           time.Duration
+	nodeLease            time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -131,6 +139,12 @@ func newServeCmd() *cobra.Command {
 	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of an external cluster for the event log; default: NATS embedded on --data-dir")
 	f.DurationVar(&o.eventsMaxAge, "events-max-age", 168*time.Hour, "events older than this are dropped from the log")
 	f.Int64Var(&o.eventsMaxBytes, "events-max-bytes", 1<<30, "the log drops its oldest events beyond this size")
+	f.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for --nats-url")
+	f.StringVar(&o.natsTLSCA, "nats-tls-ca", "", "PEM file of the CA that signed the NATS servers' certificates (tls:// URLs)")
+	f.IntVar(&o.streamReplicas, "stream-replicas", 1, "replicas of the event stream, the history stream and the node leases on a NATS cluster (3 for a three-server cluster)")
+	f.IntVar(&o.historyMessages, "history-messages", 0, "messages kept per channel for subscribe since recovery (0: no history; needs --nats-url)")
+	f.DurationVar(&o.historyAge, "history-age", 0, "age beyond which channel history is dropped (0: no age limit)")
+	f.DurationVar(&o.nodeLease, "node-lease", cluster.DefaultLease, "a node whose lease in the NATS KV bucket wsbroker_nodes is not renewed for this long is dead: its connections leave presence (renewed every lease/3)")
 	return cmd
 }
 
@@ -251,12 +265,24 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 		defer stopEventLog(evlog, sink, o.nodeID, epoch, logger)
 		startEventLog(ctx, sink, o.nodeID, epoch)
 	}
+	bus, err := openCluster(ctx, o, epoch, sink, evlog, logger)
+	if err != nil {
+		return err
+	}
+	if bus != nil {
+		// Deferred after the event log's stop: runs before it, once the
+		// server has drained.
+		defer bus.Close()
+	}
 	deps := broker.Deps{
 		Extractor: ex, Verifier: verifier, Origins: origins, Metrics: metrics,
 		Sink:     sink,
 		Logger:   logger,
 		Redactor: redact.New(o.queryParam),
 		Epoch:    epoch,
+	}
+	if bus != nil {
+		deps.Bus = bus
 	}
 	if tp.Enabled() {
 		deps.Traces = tp
@@ -358,4 +384,48 @@ From a terminal:
   wsbroker probe %s --token %s
 
 `, sub, tok, url, tok, url, "<token>")
+}
+
+// openCluster joins the NATS cluster of --nats-url as this node: channel
+// messages cross nodes, history when --history-messages > 0, and the node
+// lease that lets the others reap this node's connections if it dies. No
+// --nats-url: a single node, nil.
+func openCluster(ctx context.Context, o *serveOptions, epoch uint64, sink event.Sink, evlog *eventlog.Log, logger *slog.Logger) (*cluster.Cluster, error) {
+	if len(o.natsURLs) == 0 {
+		if o.historyMessages > 0 {
+			return nil, errors.New("history-messages: channel history lives in NATS JetStream; set --nats-url")
+		}
+		return nil, nil
+	}
+	if o.streamReplicas < 1 {
+		return nil, fmt.Errorf("stream-replicas: %d, want >= 1", o.streamReplicas)
+	}
+	cfg := cluster.Config{
+		NATSURLs:        o.natsURLs,
+		Options:         cluster.NATSOptions(o.natsCreds, o.natsTLSCA),
+		Node:            o.nodeID,
+		Epoch:           epoch,
+		HistoryMessages: o.historyMessages,
+		HistoryAge:      o.historyAge,
+		Replicas:        o.streamReplicas,
+		Lease:           o.nodeLease,
+		Logger:          logger,
+	}
+	if evlog != nil && evlog.Projection() != nil {
+		proj := evlog.Projection()
+		cfg.Sink = sink
+		cfg.Present = func() []cluster.NodeEpoch {
+			conns := proj.Connections("")
+			out := make([]cluster.NodeEpoch, 0, len(conns))
+			for _, c := range conns {
+				out = append(out, cluster.NodeEpoch{Node: c.Node, Epoch: c.Epoch})
+			}
+			return out
+		}
+	}
+	c, err := cluster.Open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
