@@ -3,6 +3,7 @@ package eventlog
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -156,5 +157,37 @@ func BenchmarkAppend(b *testing.B) {
 	if err := l.Flush(context.Background()); err != nil {
 		b.Fatalf("Flush: %v",
 			err)
+	}
+}
+
+// An event the stream refuses for its size is counted and dropped rather
+// than retried forever (which would wedge every later append).
+func TestOversizedEventDropped(t *testing.T) {
+	m := &fakeMetrics{}
+	l := openLog(t, Config{DataDir: t.TempDir(), Metrics: m})
+	ctx := testContext(t)
+	info, err := l.Stream().Info(ctx)
+	if err != nil {
+		t.Fatalf("stream info: %v",
+			err)
+	}
+	cfg := info.Config
+	cfg.MaxMsgSize = 512
+	if _, err := l.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("update stream: %v",
+			err)
+	}
+	big := opened("node-1", 1, 1, 1, "alice")
+	big.UserAgent = strings.Repeat("x", 1024)
+	l.Observe(ctx, big)
+	l.Observe(ctx, opened("node-1", 1, 2, 2, "bob"))
+	flush(t, l)
+	if got := m.errors.Load(); got != 1 {
+		t.Errorf("publish errors %d, want 1",
+			got)
+	}
+	if got := countBySubject(t, l)["wsbroker.events.node-1.connection_opened"]; got != 1 {
+		t.Errorf("stored %d, want the small event alone",
+			got)
 	}
 }

@@ -121,9 +121,9 @@ func (l *Log) publish(batch []event.Event) {
 			switch {
 			case p.err == nil:
 				acked++
-			case errors.Is(p.err, nats.ErrMaxPayload):
+			case tooLarge(p.err):
 				// Never going to fit: retrying would wedge the appender.
-				l.log.Warn("eventlog: event too large for NATS", "subject", p.msg.Subject)
+				l.log.Warn("eventlog: event too large for NATS", "subject", p.msg.Subject, "err", p.err)
 				l.publishError()
 				acked++
 			default:
@@ -161,4 +161,12 @@ func (l *Log) message(e *event.Event) (*nats.Msg, error) {
 	m.Data = b
 	m.Header.Set(jetstream.MsgIDHeader, e.ID())
 	return m, nil
+}
+
+// tooLarge reports an append that no retry can fix: the message exceeds the
+// server's max payload or the stream's max message size.
+func tooLarge(err error) bool {
+	var api *jetstream.APIError
+	return errors.Is(err, nats.ErrMaxPayload) ||
+		errors.As(err, &api) && api.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
