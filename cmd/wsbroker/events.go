@@ -15,17 +15,19 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wsbroker/wsbroker/broker/cluster"
 	"github.com/wsbroker/wsbroker/broker/eventlog"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/redact"
 )
 
 type eventsOptions struct {
-	natsURLs []string
-	dataDir  string
-	typ      string
-	reason   string
-	since    string
+	natsURLs             []string
+	natsCreds, natsTLSCA string
+	dataDir              string
+	typ                  string
+	reason               string
+	since                string
 	// One limit per subcommand: each has its own default.
 	tailLimit, queryLimit, replayLimit int
 	json                               bool
@@ -45,6 +47,8 @@ func newEventsCmd() *cobra.Command {
 	}
 	f := cmd.PersistentFlags()
 	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of the event stream; default: the embedded store under --data-dir")
+	f.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for --nats-url")
+	f.StringVar(&o.natsTLSCA, "nats-tls-ca", "", "PEM file of the CA that signed the NATS servers' certificates (tls:// URLs)")
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "data dir of a stopped broker's embedded event store")
 	f.StringVar(&o.typ, "type", "", "only events of this type (e.g. upgrade.rejected, wsbroker.connection.closed)")
 	f.StringVar(&o.reason, "reason", "", "only events with this reason or close reason (e.g. expired, slow_consumer)")
@@ -103,7 +107,12 @@ func runEvents(ctx context.Context, o *eventsOptions, mode string, limit int, ou
 			return fmt.Errorf("limit: %d, want 1 to %d", limit, eventlog.MaxQueryLimit)
 		}
 	}
-	cfg := eventlog.Config{NATSURLs: o.natsURLs, ReadOnly: true, Node: "events-cli"}
+	cfg := eventlog.Config{
+		NATSURLs:    o.natsURLs,
+		NATSOptions: cluster.NATSOptions(o.natsCreds, o.natsTLSCA),
+		ReadOnly:    true,
+		Node:        "events-cli",
+	}
 	if len(o.natsURLs) == 0 {
 		cfg.DataDir = o.dataDir
 	}
@@ -281,8 +290,10 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 		MaxAge:   o.eventsMaxAge,
 		MaxBytes: o.eventsMaxBytes,
 		Replicas: o.streamReplicas,
-		Metrics:  m,
-		Logger:   logger,
+		// The same credentials and CA as the cluster's connection.
+		NATSOptions: cluster.NATSOptions(o.natsCreds, o.natsTLSCA),
+		Metrics:     m,
+		Logger:      logger,
 	}
 	if o.eventsMaxAge <= 0 {
 		return nil, fmt.Errorf("events-max-age: %s, want > 0", o.eventsMaxAge)
