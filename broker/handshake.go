@@ -82,6 +82,7 @@ type handshake struct {
 	respHdr   []byte
 	// Trace of the upgrade: the ids are picked when the headers are read,
 	// the spans are built from the event only if the trace is kept.
+	rid        string // request id, once one is needed
 	sc         trace.SpanContext
 	parent     trace.SpanContext
 	kept       bool
@@ -113,6 +114,7 @@ func (h *handshake) reset(c net.Conn) {
 	h.principal, h.verdict = authn.Principal{}, authn.Verdict{}
 	h.selected = false
 	h.respHdr = h.respHdr[:0]
+	h.rid = ""
 	h.sc, h.parent, h.kept = trace.SpanContext{}, trace.SpanContext{}, false
 	h.authStart, h.extractEnd, h.verifyEnd = time.Time{}, time.Time{}, time.Time{}
 }
@@ -159,6 +161,16 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		return nil, errRejected
 	}
 	// Accepted, or refused in close mode: the upgrade completes.
+	if h.reason != authn.ReasonNone {
+		// Close mode: the close frame carries the reason for a browser;
+		// the headers carry it, and the id to search for, for the rest.
+		h.rid = h.requestID()
+		h.respHdr = append(h.respHdr, "X-Request-Id: "...)
+		h.respHdr = append(h.respHdr, h.rid...)
+		h.respHdr = append(h.respHdr, "\r\nX-Wsbroker-Reason: "...)
+		h.respHdr = append(h.respHdr, h.reason.String()...)
+		h.respHdr = append(h.respHdr, "\r\n"...)
+	}
 	h.selected = h.ext.ProtocolOffered
 	if h.selected {
 		h.respHdr = append(h.respHdr, "Sec-WebSocket-Protocol: "+authn.Protocol+"\r\n"...)
@@ -360,10 +372,18 @@ func CloseCode(r authn.Reason) ws.StatusCode { return ws.StatusCode(4000 + r.Sta
 func (h *handshake) writeRejectionClose() {
 	body := ws.NewCloseFrameBody(CloseCode(h.reason), h.reason.String())
 	_ = ws.WriteFrame(h.conn, ws.NewCloseFrame(body))
-	// Give the client a moment to answer the close so that it sees a clean
-	// close rather than a reset; the handshake deadline still bounds it.
+	// Wait (a second at most) for the client's close frame so that it sees a
+	// clean close rather than a reset, and no longer than that frame.
 	_ = h.conn.SetReadDeadline(h.s.now().Add(time.Second))
-	_, _ = io.Copy(io.Discard, io.LimitReader(h.conn, 1<<10))
+	for range 4 {
+		hdr, err := ws.ReadHeader(h.conn)
+		if err != nil || hdr.Length > 125 {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, h.conn, hdr.Length); err != nil || hdr.OpCode == ws.OpClose {
+			return
+		}
+	}
 }
 
 // rejectionEvent fills e for a refused upgrade.

@@ -573,3 +573,40 @@ func TestHandshakeLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestRejectModeClose upgrades, then closes with 4000+status and the reason
+// as close text; the 101 carries the reason and the request id.
+func TestRejectModeClose(t *testing.T) {
+	b := newTestBroker(t, brokerOpts{cfg: func(c *Config) { c.RejectMode = RejectClose }})
+	c := expiredClaims()
+	r := b.doHandshake(handshakeReq{protocols: "wsbroker.v1, bearer." + hsToken(t, c)})
+	if r.resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101 in close mode",
+			r.resp.StatusCode)
+	}
+	if r.resp.Header.Get("X-Wsbroker-Reason") != "expired" || r.resp.Header.Get("X-Request-Id") == "" {
+		t.Fatalf("101 headers %v",
+			r.resp.Header)
+	}
+	code, text := r.client(t).readClose()
+	if code != 4401 || text != "expired" {
+		t.Fatalf("close %d %q, want 4401 expired",
+			code, text)
+	}
+	e := b.events.next(t, event.TypeUpgradeRejected)
+	if e.Reason != authn.ReasonExpired || e.Status != 4401 || e.RequestID != r.resp.Header.Get("X-Request-Id") {
+		t.Fatalf("event %s %d %q",
+			e.Reason, e.Status, e.RequestID)
+	}
+	labels := map[string]string{"result": "rejected", "reason": "expired", "source": "subprotocol"}
+	if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != 1 {
+		t.Fatalf("counter %v",
+			got)
+	}
+}
+
+func expiredClaims() jwt.MapClaims {
+	c := validClaims("alice")
+	c["exp"] = time.Now().Add(-time.Hour).Unix()
+	return c
+}

@@ -277,7 +277,10 @@ func writeTooLarge(c net.Conn) {
 // reject answers, records and counts a refused upgrade.
 func (s *Server) reject(h *handshake) {
 	status := h.reason.Status()
-	rid := h.requestID()
+	rid := h.rid
+	if rid == "" {
+		rid = h.requestID()
+	}
 	if s.cfg.RejectMode == RejectClose {
 		status = int(CloseCode(h.reason))
 		h.writeRejectionClose()
