@@ -301,6 +301,9 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 	if o.eventsMaxBytes <= 0 {
 		return nil, fmt.Errorf("events-max-bytes: %d, want > 0", o.eventsMaxBytes)
 	}
+	if o.streamReplicas > 1 && len(o.natsURLs) == 0 {
+		return nil, fmt.Errorf("stream-replicas: %d needs a NATS cluster (--nats-url); the embedded server has one replica", o.streamReplicas)
+	}
 	l, err := eventlog.Open(ctx, cfg)
 	if err != nil && len(o.natsURLs) == 0 && o.dataDir == defaultDataDir && errors.Is(err, eventlog.ErrDataDirInUse) {
 		// Several brokers started in one directory with default flags (test
