@@ -34,9 +34,11 @@ unit:
 # Each fuzz target runs for FUZZTIME; a crasher fails the build and its
 # input lands in testdata/fuzz to become a regression test.
 fuzz-short:
-	@for t in $$($(GO) test -list '^Fuzz' ./authn/ | grep ^Fuzz); do \
-		echo "fuzz authn $$t"; \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./authn/ || exit 1; \
+	@for pkg in ./authn/ ./broker/; do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep ^Fuzz); do \
+			echo "fuzz $$pkg $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
 	done
 
 lint:
