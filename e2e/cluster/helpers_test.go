@@ -197,34 +197,45 @@ func startNode(t testing.TB, nc *natsCluster, name string, o nodeOpts) *node {
 	reg := prometheus.NewRegistry()
 	m := telemetry.NewMetrics(reg, "test")
 	epoch := uint64(time.Now().UnixNano())
-	l, err := eventlog.Open(ctx, eventlog.Config{
-		NATSURLs: nc.urls,
-		Node:     name,
-		Replicas: 3,
-		Logger:   slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", name, "c", "evlog"),
-	})
-	if err != nil {
-		t.Fatalf("event log of %s: %v",
-			name, err)
+	sink := event.Sinks{m}
+	var (
+		l  *eventlog.Log
+		cl *cluster.Cluster
+	)
+	if nc != nil {
+		l, err = eventlog.Open(ctx, eventlog.Config{
+			NATSURLs: nc.urls,
+			Node:     name,
+			Replicas: 3,
+			Logger:   logger(name, "eventlog"),
+		})
+		if err != nil {
+			t.Fatalf("event log of %s: %v",
+				name, err)
+		}
+		sink = append(sink, l)
+		cl, err = cluster.Open(ctx, cluster.Config{
+			NATSURLs:        nc.urls,
+			Node:            name,
+			Epoch:           epoch,
+			HistoryMessages: o.history,
+			Replicas:        3,
+			Lease:           o.lease,
+			Sink:            sink,
+			Present:         presentOf(l),
+			Logger:          logger(name, "cluster"),
+		})
+		if err != nil {
+			t.Fatalf("cluster of %s: %v",
+				name, err)
+		}
+		started := eventlog.NodeEvent(event.TypeNodeStarted, name, epoch, time.Now())
+		sink.Observe(ctx, &started)
 	}
-	sink := event.Sinks{m, l}
-	cl, err := cluster.Open(ctx, cluster.Config{
-		NATSURLs:        nc.urls,
-		Node:            name,
-		Epoch:           epoch,
-		HistoryMessages: o.history,
-		Replicas:        3,
-		Lease:           o.lease,
-		Sink:            sink,
-		Present:         presentOf(l),
-		Logger:          slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", name),
-	})
-	if err != nil {
-		t.Fatalf("cluster of %s: %v",
-			name, err)
+	var bus broker.Bus
+	if cl != nil {
+		bus = cl
 	}
-	started := eventlog.NodeEvent(event.TypeNodeStarted, name, epoch, time.Now())
-	sink.Observe(ctx, &started)
 	cfg := broker.DefaultConfig()
 	cfg.Node = name
 	cfg.ShutdownDrain = 5 * time.Second
@@ -234,7 +245,7 @@ func startNode(t testing.TB, nc *natsCluster, name string, o nodeOpts) *node {
 		Metrics:   m,
 		Sink:      sink,
 		Epoch:     epoch,
-		Bus:       cl,
+		Bus:       bus,
 	})
 	if err != nil {
 		t.Fatalf("broker %s: %v",
@@ -249,6 +260,13 @@ func startNode(t testing.TB, nc *natsCluster, name string, o nodeOpts) *node {
 	n := &node{name: name, srv: srv, addr: ln.Addr().String(), log: l, cl: cl, reg: reg}
 	t.Cleanup(func() { n.stop(t, true) })
 	return n
+}
+
+// logger logs warnings of a node's component to stderr (shown when a test
+// fails).
+func logger(node, component string) *slog.Logger {
+	h := slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
+	return slog.New(h).With("node", node, "component", component)
 }
 
 // presentOf lists the runs with open connections in l's presence.
@@ -282,7 +300,7 @@ func (n *node) stop(t testing.TB, graceful bool) {
 		t.Errorf("close %s: %v",
 			n.name, err)
 	}
-	if graceful {
+	if graceful && n.cl != nil {
 		n.cl.Close()
 		_ = n.log.Close(ctx)
 	}
@@ -322,6 +340,7 @@ type client struct {
 	br   *bufio.Reader
 	seq  int
 	next []map[string]any
+	buf  []byte
 }
 
 func dial(t testing.TB, addr, sub string) *client {
@@ -388,6 +407,31 @@ func (c *client) read(d time.Duration) (map[string]any, error) {
 			return nil, fmt.Errorf("frame %q: %w", p, err)
 		}
 		return m, nil
+	}
+}
+
+// readFrame returns the payload of the next data frame, in a buffer reused
+// by the next call.
+func (c *client) readFrame(d time.Duration) ([]byte, error) {
+	_ = c.c.SetReadDeadline(time.Now().Add(d))
+	for {
+		h, err := ws.ReadHeader(c.br)
+		if err != nil {
+			return nil, err
+		}
+		if int64(cap(c.buf)) < h.Length {
+			c.buf = make([]byte, h.Length)
+		}
+		p := c.buf[:h.Length]
+		if _, err := io.ReadFull(c.br, p); err != nil {
+			return nil, err
+		}
+		if h.OpCode == ws.OpClose {
+			return nil, errors.New("closed by the server")
+		}
+		if !h.OpCode.IsControl() {
+			return p, nil
+		}
 	}
 }
 
