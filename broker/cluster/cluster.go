@@ -109,8 +109,9 @@ type Cluster struct {
 	watches map[string]*watch
 	reaped  map[NodeEpoch]time.Time
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 }
 
 // watch is this node's subscription to one channel's subject.
@@ -250,14 +251,11 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 // it expires, and by then a graceful stop has closed the node's
 // connections in presence.
 func (c *Cluster) Close() error {
-	select {
-	case <-c.stop:
-		return nil
-	default:
-	}
-	close(c.stop)
-	c.nc.Close()
-	c.wg.Wait()
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		c.nc.Close()
+		c.wg.Wait()
+	})
 	return nil
 }
 
@@ -285,7 +283,6 @@ func (c *Cluster) Watch(channel string) {
 	sub, err := c.nc.ChanSubscribe(MsgPrefix+Token(channel), c.inbox)
 	if err != nil {
 		c.log.Warn("cluster: subscribe", "channel", channel, "err", err)
-		close(w.synced)
 	} else {
 		_ = sub.SetPendingLimits(-1, -1)
 	}
@@ -314,6 +311,9 @@ func (c *Cluster) Sync(ctx context.Context, channel string) error {
 	c.mu.Unlock()
 	if w == nil {
 		return nil
+	}
+	if w.sub == nil {
+		return fmt.Errorf("cluster: no subscription to %q", channel)
 	}
 	var err error
 	w.once.Do(func() {
