@@ -193,6 +193,9 @@ type RefreshHook func(ctx context.Context) func(err error)
 type remoteKeys struct {
 	kf      keyfunc.Keyfunc
 	refresh *rate.Limiter
+	// retry gates the fetches a readiness check starts while no key is
+	// loaded (its own limiter: it must not spend the unknown-kid one).
+	retry *rate.Limiter
 }
 
 func newRemoteKeys(ctx context.Context, url string, client *http.Client, minRefresh time.Duration, hook RefreshHook) (*remoteKeys, error) {
@@ -217,7 +220,11 @@ func newRemoteKeys(ctx context.Context, url string, client *http.Client, minRefr
 	if err != nil {
 		return nil, fmt.Errorf("jwks-url: %w", err)
 	}
-	return &remoteKeys{kf: kf, refresh: rate.NewLimiter(rate.Every(minRefresh), 1)}, nil
+	return &remoteKeys{
+		kf:      kf,
+		refresh: rate.NewLimiter(rate.Every(minRefresh), 1),
+		retry:   rate.NewLimiter(rate.Every(minRefresh), 1),
+	}, nil
 }
 
 func transportOf(c *http.Client) http.RoundTripper {
@@ -307,6 +314,22 @@ func (r *remoteKeys) cached(ctx context.Context, kid string) (jwkset.JWK, bool) 
 func (r *remoteKeys) empty(ctx context.Context) bool {
 	all, err := r.kf.Storage().KeyReadAll(ctx)
 	return err != nil || len(all) == 0
+}
+
+// loaded reports whether a key is cached. While none is, it fetches the set
+// again (at most once per min refresh): a broker started while the JWKS was
+// down becomes ready once it is back, without waiting for the hourly
+// refresh or for a client (which a load balancer keeps away until ready).
+func (r *remoteKeys) loaded(ctx context.Context) bool {
+	if !r.empty(ctx) {
+		return true
+	}
+	if !r.retry.Allow() {
+		return false
+	}
+	// A kid no set holds: the read misses and refreshes the set.
+	_, _ = r.kf.Storage().KeyRead(ctx, "\x00wsbroker-readiness")
+	return !r.empty(ctx)
 }
 
 func algList(kinds map[keyKind]bool) []string {

@@ -141,9 +141,11 @@ func NewVerifier(ctx context.Context, cfg VerifyConfig) (*Verifier, error) {
 }
 
 // KeysLoaded reports whether a key is available: static keys always are; a
-// JWKS URL only once a fetch has succeeded. Readiness checks use it.
+// JWKS URL only once a fetch has succeeded. Readiness checks use it: while
+// no key is loaded it fetches the JWKS again, at most once per
+// JWKSMinRefresh.
 func (v *Verifier) KeysLoaded(ctx context.Context) bool {
-	return len(v.static) > 0 || v.remote != nil && !v.remote.empty(ctx)
+	return len(v.static) > 0 || v.remote != nil && v.remote.loaded(ctx)
 }
 
 // Algs returns the allow-list.
