@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
@@ -136,7 +139,7 @@ func newServeCmd() *cobra.Command {
 	f.Float64Var(&o.traceSuccessRatio, "trace-success-ratio", 0.01, "share of successful upgrades whose traces are exported (failures always are)")
 	f.BoolVar(&o.events, "events", true, "append every event to the event log (NATS JetStream) and serve /v1/presence, /v1/connections, /v1/events")
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "directory of the embedded event store (one process owns it)")
-	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of an external cluster for the event log; default: NATS embedded on --data-dir")
+	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of a NATS cluster: the event log, and channels shared with the other nodes (docs/cluster.md); default: a single node, NATS embedded on --data-dir")
 	f.DurationVar(&o.eventsMaxAge, "events-max-age", 168*time.Hour, "events older than this are dropped from the log")
 	f.Int64Var(&o.eventsMaxBytes, "events-max-bytes", 1<<30, "the log drops its oldest events beyond this size")
 	f.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for --nats-url")
@@ -208,10 +211,22 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	reg := telemetry.NewRegistry()
 	metrics := telemetry.NewMetrics(reg, buildVersion())
 
+	tp, err := tracing.NewProvider(ctx, tracing.Config{
+		ServiceVersion: buildVersion(), NodeID: o.nodeID, SuccessRatio: ratioOrNone(o.traceSuccessRatio),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(sctx)
+	}()
+
 	vcfg := authn.VerifyConfig{
 		Algs: algs, Issuer: o.issuer, Audience: o.audience, Leeway: o.leeway,
 		KeyFiles: o.keyFiles, JWKSURL: o.jwksURL, JWKSMinRefresh: o.jwksMinRefresh,
-		OnRefresh: func(context.Context) func(error) { return metrics.KeysRefresh },
+		OnRefresh: keysRefreshHook(tp, metrics),
 	}
 	if o.hmacSecretFile != "" {
 		if vcfg.HMACSecret, err = authn.LoadHMACSecret(o.hmacSecretFile); err != nil {
@@ -228,18 +243,6 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	if err != nil {
 		return err
 	}
-
-	tp, err := tracing.NewProvider(ctx, tracing.Config{
-		ServiceVersion: buildVersion(), NodeID: o.nodeID, SuccessRatio: ratioOrNone(o.traceSuccessRatio),
-	})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = tp.Shutdown(sctx)
-	}()
 
 	cfg := broker.DefaultConfig()
 	cfg.Node, cfg.WSPath, cfg.RejectMode, cfg.TrustedProxies = o.nodeID, o.wsPath, rejectMode, proxies
@@ -428,4 +431,24 @@ func openCluster(ctx context.Context, o *serveOptions, epoch uint64, sink event.
 		return nil, err
 	}
 	return c, nil
+}
+
+// keysRefreshHook counts every JWKS fetch and traces it as keys.refresh
+// (a trace of its own: fetches run in the background or on an unknown kid,
+// whose upgrade's spans are only built afterwards, from its event).
+func keysRefreshHook(tp *tracing.Provider, m *telemetry.Metrics) authn.RefreshHook {
+	return func(ctx context.Context) func(error) {
+		if !tp.Enabled() {
+			return m.KeysRefresh
+		}
+		_, span := tp.Tracer().Start(ctx, "keys.refresh", trace.WithSpanKind(trace.SpanKindClient))
+		return func(err error) {
+			m.KeysRefresh(err)
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+				span.SetAttributes(attribute.String("error.type", "keys_refresh_failed"))
+			}
+			span.End()
+		}
+	}
 }
