@@ -70,7 +70,11 @@ bench-memory: build
 # accepted and rejected, memory per idle connection, fan-out to BENCH_CONNS
 # subscribers, the tracing tax. Rounds alternate the order; the table gives
 # medians, min–max and per-round ratios (docs/benchmarks.md). ~4 min.
+# BENCH_REF=HEAD builds a commit instead of the work tree; BENCH_FLAGS=-pin
+# puts the server and the client on separate CPUs.
 BENCH_ROUNDS ?= 3
 BENCH_DURATION ?= 3s
+BENCH_REF ?=
+BENCH_FLAGS ?=
 bench-compare:
-	$(GO) run ./bench/cmd/benchtable -rounds $(BENCH_ROUNDS) -duration $(BENCH_DURATION) -conns $(BENCH_CONNS)
+	$(GO) run ./bench/cmd/benchtable -rounds $(BENCH_ROUNDS) -duration $(BENCH_DURATION) -conns $(BENCH_CONNS) $(if $(BENCH_REF),-ref $(BENCH_REF)) $(BENCH_FLAGS)

@@ -135,17 +135,13 @@ type client struct {
 	once sync.Once
 }
 
+// errAlgNotAllowed is the keyfunc's answer to any algorithm but HS256 with
+// a secret and RS256 with a public key.
+var errAlgNotAllowed = errors.New("algorithm not allowed")
+
 func newServer(secret []byte, pub *rsa.PublicKey) *server {
-	var algs []string
-	if secret != nil {
-		algs = append(algs, "HS256")
-	}
-	if pub != nil {
-		algs = append(algs, "RS256")
-	}
 	s := &server{
 		parser: jwt.NewParser(
-			jwt.WithValidMethods(algs),
 			jwt.WithExpirationRequired(),
 			jwt.WithIssuedAt(),
 			jwt.WithLeeway(30*time.Second),
@@ -163,14 +159,17 @@ func newServer(secret []byte, pub *rsa.PublicKey) *server {
 	return s
 }
 
+// keyFunc picks the key by algorithm; a key is only ever used with its own
+// algorithm (no HS256 verified with the RSA key).
 func (s *server) keyFunc(t *jwt.Token) (any, error) {
-	switch t.Method.Alg() {
-	case "HS256":
+	switch alg := t.Method.Alg(); {
+	case alg == "HS256" && s.secret != nil:
 		return s.secret, nil
-	case "RS256":
+	case alg == "RS256" && s.pub != nil:
 		return s.pub, nil
+	default:
+		return nil, fmt.Errorf("%w: %q", errAlgNotAllowed, alg)
 	}
-	return nil, fmt.Errorf("unexpected alg %q", t.Method.Alg())
 }
 
 // token finds the credential: the Authorization header, else a
@@ -239,6 +238,8 @@ func (s *server) serveWS(w http.ResponseWriter, r *http.Request) {
 
 func classify(err error) string {
 	switch {
+	case errors.Is(err, errAlgNotAllowed):
+		return "alg_not_allowed"
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "malformed_token"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
