@@ -387,9 +387,22 @@ func TestReconnectExactlyOnce(t *testing.T) {
 		t.Fatalf("Flush with NATS down: %v, want a deadline error",
 			err)
 	}
+	// The backlog shows while the appender retries.
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if d := m.depth.Load(); d != during {
+			return fmt.Errorf("queue depth %d with NATS down, want %d", d, during)
+		}
+		return nil
+	})
 
 	startNATS(t, s.port, store)
 	flush(t, l)
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if d := m.depth.Load(); d != 0 {
+			return fmt.Errorf("queue depth %d after the reconnect, want 0", d)
+		}
+		return nil
+	})
 	if got := countBySubject(t, l)["wsbroker.events.node-1.connection_opened"]; got != before+during {
 		t.Errorf("stored %d, want %d",
 			got, before+during)

@@ -143,6 +143,9 @@ func (l *Log) publish(batch []event.Event) {
 			l.markDone(len(ps))
 			return
 		}
+		// The run loop's housekeeping waits for this batch: keep the
+		// backlog visible while NATS (or its disk) is failing.
+		l.queueDepth()
 		l.log.Warn("eventlog: append failed, retrying", "events", len(ps), "err", lastErr, "backoff", backoff.String())
 		select {
 		case <-time.After(backoff):
