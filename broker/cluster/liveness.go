@@ -142,23 +142,3 @@ func (c *Cluster) alive(ctx context.Context, ne NodeEpoch) (bool, error) {
 	}
 	return l.Epoch >= ne.Epoch, nil
 }
-
-// Leases returns the runs holding a lease, for the admin API and tests.
-func (c *Cluster) Leases(ctx context.Context) ([]NodeEpoch, error) {
-	keys, err := c.kv.ListKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: list %s: %w", NodesBucket, err)
-	}
-	var out []NodeEpoch
-	for k := range keys.Keys() {
-		kve, err := c.kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
-		var l lease
-		if json.Unmarshal(kve.Value(), &l) == nil {
-			out = append(out, NodeEpoch{Node: l.Node, Epoch: l.Epoch})
-		}
-	}
-	return out, nil
-}

@@ -148,6 +148,7 @@ func runFanout(b *testing.B, nodes []*node, subsPerNode, window int) {
 	}
 	// Acks of the publisher, counted to bound the publishes in flight.
 	var acked atomic.Int64
+	inFlight := make(chan struct{}, window)
 	ackDone := make(chan struct{})
 	go func() {
 		defer close(ackDone)
@@ -158,6 +159,10 @@ func runFanout(b *testing.B, nodes []*node, subsPerNode, window int) {
 			}
 			if m["type"] == "ack" {
 				acked.Add(1)
+				select {
+				case <-inFlight:
+				default:
+				}
 			}
 		}
 	}()
@@ -186,15 +191,11 @@ func runFanout(b *testing.B, nodes []*node, subsPerNode, window int) {
 		}
 		return nil
 	})
-	time.Sleep(100 * time.Millisecond) // let the last probes reach every subscriber before the clock starts
 	close(started)
 	b.ResetTimer()
 	start := time.Now()
-	base := acked.Load()
 	for i := range total {
-		for int64(i)-(acked.Load()-base) >= int64(window) {
-			time.Sleep(20 * time.Microsecond)
-		}
+		inFlight <- struct{}{}
 		send(benchMsg{I: i + 1, T: time.Now().UnixNano()})
 	}
 	wg.Wait()
