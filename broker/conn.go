@@ -106,11 +106,19 @@ func (s *Server) open(h *handshake) {
 		// registration: refuse after the fact.
 		closing := s.closing
 		s.mu.Unlock()
-		s.putEvent(e)
 		code, reason := ws.StatusCode(1013), "connection_limit"
 		if closing {
 			code, reason = ws.StatusGoingAway, "server shutting down"
+			// The client saw the 101: record the connection and its
+			// shutdown close, like those the drain closed (handle runs
+			// under s.wg, so this precedes node.stopped).
+			s.emit(context.Background(), e)
+			e.Type = event.TypeConnectionClosed
+			e.CloseReason, e.CloseCode = event.CloseServerShutdown, uint16(code)
+			e.Duration, e.Time = s.now().Sub(c.opened), time.Time{}
+			s.emit(context.Background(), e)
 		}
+		s.putEvent(e)
 		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason)))
 		c.nc.Close()
 		return
