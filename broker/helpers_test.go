@@ -50,6 +50,7 @@ type brokerOpts struct {
 	verify  func(*authn.VerifyConfig)
 	origins []string
 	now     func() time.Time
+	bus     Bus
 }
 
 // eventRecorder is a sink that keeps copies of events.
@@ -122,7 +123,7 @@ func newTestBroker(t testing.TB, o brokerOpts) *testBroker {
 	}
 	srv, err := New(cfg, Deps{
 		Extractor: ex, Verifier: ver, Origins: origins, Metrics: m,
-		Sink: event.Sinks{m, rec}, Now: o.now,
+		Sink: event.Sinks{m, rec}, Now: o.now, Bus: o.bus,
 	})
 	if err != nil {
 		t.Fatal(err)
