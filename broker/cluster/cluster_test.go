@@ -186,3 +186,65 @@ func TestRecover(t *testing.T) {
 		}
 	}
 }
+
+func TestGapFill(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c, err := Open(ctx, Config{
+		NATSURLs:        []string{startNATS(t)},
+		Node:            "n1",
+		Epoch:           1,
+		HistoryMessages: 10,
+		Lease:           time.Second,
+	})
+	if err != nil {
+		t.Fatalf("Open: %v",
+			err)
+	}
+	defer c.Close()
+	got := make(chan uint64, 16)
+	c.Start(func(channel string, offset uint64, data []byte) { got <- offset })
+	var offs []uint64
+	for range 3 {
+		off, err := c.Publish(ctx, "g.1", []byte(`1`))
+		if err != nil {
+			t.Fatalf("Publish: %v",
+				err)
+		}
+		offs = append(offs, off)
+	}
+	// The node delivered the first message, then lost the republished
+	// copies of the next two (nobody listened).
+	c.Watch("g.1")
+	if err := c.nc.FlushWithContext(ctx); err != nil {
+		t.Fatalf("flush: %v",
+			err)
+	}
+	c.mu.Lock()
+	c.watches["g.1"].last = offs[0]
+	c.mu.Unlock()
+	off, err := c.Publish(ctx, "g.1", []byte(`1`))
+	if err != nil {
+		t.Fatalf("Publish: %v",
+			err)
+	}
+	want := []uint64{offs[1], offs[2], off}
+	for i, w := range want {
+		select {
+		case o := <-got:
+			if o != w {
+				t.Fatalf("delivery %d: offset %d, want %d (all: %v)",
+					i, o, w, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("delivery %d (offset %d) missing",
+				i, w)
+		}
+	}
+	select {
+	case o := <-got:
+		t.Fatalf("extra delivery of offset %d",
+			o)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
