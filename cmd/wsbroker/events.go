@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/wsbroker/wsbroker/broker/cluster"
@@ -316,6 +317,15 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 	}
 	if err != nil {
 		if len(o.natsURLs) > 0 {
+			if errors.Is(err, nats.ErrNoServers) {
+				// A cluster member does not start without its cluster
+				// (channel messages would stay local, presence partial);
+				// a restart policy brings it up once NATS answers, and
+				// once running it rides out NATS outages
+				// (docs/reliability.md).
+				return nil, fmt.Errorf("nats-url: no NATS server reachable at %q; start NATS first (a running broker survives NATS outages, but needs NATS to start): %w",
+					strings.Join(o.natsURLs, ","), err)
+			}
 			return nil, fmt.Errorf("nats-url: %w", err)
 		}
 		return nil, fmt.Errorf("data-dir: %w", err)
