@@ -44,8 +44,10 @@ type Principal struct {
 	ExpiresAt time.Time
 	Alg       string
 	Kid       string
-	// claims is the token's JSON payload, kept for permission claims.
-	claims json.RawMessage
+	// claims is the token's JSON payload, kept for permission claims;
+	// claimMap is it decoded, once, on the first Claim.
+	claims   json.RawMessage
+	claimMap map[string]json.RawMessage
 }
 
 // Verdict describes a verification for events and traces. Iss and Sub are
@@ -306,11 +308,12 @@ func (p *Principal) Claim(name string, out any) (bool, error) {
 	if len(p.claims) == 0 {
 		return false, nil
 	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(p.claims, &m); err != nil {
-		return false, fmt.Errorf("claims: %w", err)
+	if p.claimMap == nil {
+		if err := json.Unmarshal(p.claims, &p.claimMap); err != nil {
+			return false, fmt.Errorf("claims: %w", err)
+		}
 	}
-	raw, ok := m[name]
+	raw, ok := p.claimMap[name]
 	if !ok {
 		return false, nil
 	}

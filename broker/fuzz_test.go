@@ -92,8 +92,6 @@ func FuzzHandshake(f *testing.F) {
 		in = []byte(replaceAll(string(in), "TOKEN", tok))
 		srvSide, cliSide := net.Pipe()
 		defer cliSide.Close()
-		b.srv.hsSlots <- struct{}{}
-		b.srv.wg.Add(1)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

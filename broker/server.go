@@ -78,7 +78,8 @@ type Server struct {
 
 	hsPool  sync.Pool
 	evPool  sync.Pool
-	hsSlots chan struct{}
+	hsSlots chan struct{} // one per handshake goroutine
+	hsQueue chan net.Conn // to idle handshake goroutines (unbuffered)
 
 	poller  *poller.Poller
 	writers *writerPool
@@ -119,6 +120,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		now:       d.Now,
 		epoch:     d.Epoch,
 		hsSlots:   make(chan struct{}, cfg.MaxHandshakes),
+		hsQueue:   make(chan net.Conn),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[uint64]*Conn{},
 		bySubject: map[string]int{},
@@ -205,14 +207,54 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("broker: accept: %w", err)
 		}
 		backoff = 0
-		select {
-		case s.hsSlots <- struct{}{}:
-		case <-s.stop:
+		if !s.dispatch(c) {
 			c.Close()
 			return nil
 		}
+	}
+}
+
+// hsWorkerIdle is how long a handshake goroutine waits for the next
+// connection before it exits.
+const hsWorkerIdle = 30 * time.Second
+
+// dispatch hands c to an idle handshake goroutine, or starts one if fewer
+// than MaxHandshakes run, or waits for one to be free. Handshake goroutines
+// outlive their handshake: a new goroutine per upgrade spent ~15% of the
+// upgrade's CPU growing its stack (see docs/benchmarks.md). It reports
+// false when the server stops first.
+func (s *Server) dispatch(c net.Conn) bool {
+	select {
+	case s.hsQueue <- c:
+		return true
+	default:
+	}
+	select {
+	case s.hsQueue <- c:
+	case s.hsSlots <- struct{}{}:
 		s.wg.Add(1)
-		go s.handle(c)
+		go s.hsWorker(c)
+	case <-s.stop:
+		return false
+	}
+	return true
+}
+
+func (s *Server) hsWorker(c net.Conn) {
+	defer s.wg.Done()
+	defer func() { <-s.hsSlots }()
+	idle := time.NewTimer(hsWorkerIdle)
+	defer idle.Stop()
+	for {
+		s.handle(c)
+		idle.Reset(hsWorkerIdle)
+		select {
+		case c = <-s.hsQueue:
+		case <-idle.C:
+			return
+		case <-s.stop:
+			return
+		}
 	}
 }
 
@@ -227,11 +269,9 @@ func errTemporary(err error) error {
 	return nil
 }
 
-// handle runs one handshake on its own goroutine (bounded by hsSlots) and
+// handle runs one handshake (on a handshake goroutine, see dispatch) and
 // hands an accepted connection to the poller.
 func (s *Server) handle(c net.Conn) {
-	defer s.wg.Done()
-	defer func() { <-s.hsSlots }()
 	h := s.hsPool.Get().(*handshake)
 	defer s.hsPool.Put(h)
 	h.reset(c)

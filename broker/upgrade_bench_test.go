@@ -67,8 +67,6 @@ func BenchmarkUpgrade(b *testing.B) {
 func pipeUpgrade(s *Server, req, buf []byte) (string, error) {
 	client, conn := net.Pipe()
 	defer client.Close()
-	s.hsSlots <- struct{}{}
-	s.wg.Add(1)
 	go s.handle(conn)
 	if _, err := client.Write(req); err != nil {
 		return "", fmt.Errorf("write request: %w", err)
