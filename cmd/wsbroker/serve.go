@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -49,6 +50,7 @@ type serveOptions struct {
 	maxConnsPerSubject, maxConns int
 	pingInterval, idleTimeout    time.Duration
 	frameTimeout                 time.Duration
+	adminPprof                   bool
 	maxMessageSize               int
 	sendQueue                    int
 	channelClaim                 string
@@ -124,6 +126,7 @@ func newServeCmd() *cobra.Command {
 	f.Float64Var(&o.failureRate, "failure-rate", d.FailureRate, "failed attempts per second regained per client address")
 	f.IntVar(&o.maxConnsPerSubject, "max-conns-per-subject", d.MaxConnsPerSubject, "connections one subject may hold (0: no cap)")
 	f.IntVar(&o.maxConns, "max-conns", d.MaxConns, "connections this node may hold")
+	f.BoolVar(&o.adminPprof, "admin-pprof", false, "serve Go's /debug/pprof/ on the admin listener (CPU and heap profiles of a running broker)")
 	f.DurationVar(&o.frameTimeout, "frame-timeout", d.FrameTimeout, "bound on receiving the rest of a frame once it started (slowloris)")
 	f.DurationVar(&o.pingInterval, "ping-interval", d.PingInterval, "ping a connection quiet for this long")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", d.IdleTimeout, "close a connection quiet for this long (idle_timeout)")
@@ -307,6 +310,11 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", telemetry.Handler(reg))
+	if o.adminPprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		switch {
