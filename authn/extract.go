@@ -274,7 +274,7 @@ func tokenFromProtocols(r *Request) ([]byte, bool, Reason) {
 			}
 			start := len(r.scratch)
 			need := base64.RawURLEncoding.DecodedLen(len(enc))
-			if start+need > cap(r.scratch) {
+			if !r.scratchRoom(need) {
 				return nil, true, ReasonTokenTooLarge
 			}
 			dst := r.scratch[start : start+need]
@@ -356,7 +356,7 @@ func tokenFromQuery(r *Request, param string) ([]byte, bool) {
 // invalid escape is kept as is: verification then calls it malformed_token.
 func unescapeQuery(r *Request, v []byte) []byte {
 	start := len(r.scratch)
-	if start+len(v) > cap(r.scratch) {
+	if !r.scratchRoom(len(v)) {
 		return v
 	}
 	out := r.scratch[start:start]

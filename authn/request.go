@@ -8,6 +8,9 @@ import "bytes"
 // bounded buffer. A Request is reused across handshakes: Reset it, fill it
 // from the ws.Upgrader callbacks, authenticate, then put it back in a pool.
 type Request struct {
+	// limit bounds buf and scratch; both start small and grow with what
+	// actually arrives (never on a length the peer announced).
+	limit   int
 	buf     []byte
 	scratch []byte
 	fields  [numFields]field
@@ -41,7 +44,24 @@ const maxProtocolHeaders = 16
 
 // NewRequest returns a Request able to hold limit bytes of captured values.
 func NewRequest(limit int) *Request {
-	return &Request{buf: make([]byte, 0, limit), scratch: make([]byte, 0, limit)}
+	initial := min(limit, 2048)
+	return &Request{limit: limit, buf: make([]byte, 0, initial), scratch: make([]byte, 0, initial)}
+}
+
+// scratchRoom makes room for n more bytes in the scratch buffer; false when
+// that would pass the limit.
+func (r *Request) scratchRoom(n int) bool {
+	need := len(r.scratch) + n
+	if need > r.limit {
+		return false
+	}
+	if need > cap(r.scratch) {
+		// Slices handed out before keep the old array: they stay valid.
+		grown := make([]byte, len(r.scratch), max(need, 2*cap(r.scratch)))
+		copy(grown, r.scratch)
+		r.scratch = grown
+	}
+	return true
 }
 
 // Reset empties r for the next handshake, keeping its buffers.
@@ -59,7 +79,7 @@ func (r *Request) Reset() {
 func (r *Request) Full() bool { return r.full }
 
 func (r *Request) store(v []byte) (field, bool) {
-	if len(r.buf)+len(v) > cap(r.buf) {
+	if len(r.buf)+len(v) > r.limit {
 		r.full = true
 		return field{}, false
 	}

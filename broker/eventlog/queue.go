@@ -35,7 +35,10 @@ func (q *queue) push(e *event.Event) bool {
 	if q.n == len(q.buf) {
 		q.grow()
 	}
-	q.buf[(q.head+q.n)%len(q.buf)] = *e
+	slot := &q.buf[(q.head+q.n)%len(q.buf)]
+	*slot = *e
+	// The log stores no span detail: drop it rather than keep it queued.
+	slot.Trace = event.UpgradeTrace{}
 	q.n++
 	wake := q.n == 1
 	q.mu.Unlock()
@@ -68,8 +71,16 @@ func (q *queue) pop(dst []event.Event, limit int) []event.Event {
 		q.n--
 		limit--
 	}
+	if q.n == 0 && len(q.buf) > shrinkAbove {
+		// A burst grew the ring; give the memory back once it drained.
+		q.buf, q.head = make([]event.Event, min(q.max, 64)), 0
+	}
 	return dst
 }
+
+// shrinkAbove is the ring length beyond which an emptied ring is replaced
+// by a small one.
+const shrinkAbove = 1024
 
 func (q *queue) len() int {
 	q.mu.Lock()
