@@ -148,13 +148,15 @@ func TestBusInterestAndLocalFirst(t *testing.T) {
 	// A message from another node gets the next local offset.
 	bus.deliver("room.1", 0, []byte(`"remote"`))
 	expectMessage(t, alice.read(), 2, "remote")
-	bus.mu.Lock()
-	published := fmt.Sprint(bus.published)
-	bus.mu.Unlock()
-	if published != `[room.1 "hi"]` {
-		t.Fatalf("bus got %s, want the one local publish",
-			published)
-	}
+	// Local delivery comes first, the bus publish right after it: wait.
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		bus.mu.Lock()
+		defer bus.mu.Unlock()
+		if published := fmt.Sprint(bus.published); published != `[room.1 "hi"]` {
+			return fmt.Errorf("bus got %s, want the one local publish", published)
+		}
+		return nil
+	})
 	for i, c := range []*wsClient{alice, bob} {
 		c.send(map[string]any{"type": "unsubscribe", "channel": "room.1", "id": 10 + i})
 	}
