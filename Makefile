@@ -78,3 +78,16 @@ BENCH_REF ?=
 BENCH_FLAGS ?=
 bench-compare:
 	$(GO) run ./bench/cmd/benchtable -rounds $(BENCH_ROUNDS) -duration $(BENCH_DURATION) -conns $(BENCH_CONNS) $(if $(BENCH_REF),-ref $(BENCH_REF)) $(BENCH_FLAGS)
+
+# soak: wsbroker soak starts a broker in its own process and churns
+# SOAK_CONNS good and bad connections on loopback for SOAK_DURATION, with
+# publishes, then checks events, deliveries, goroutines and heap against the
+# broker's own figures (docs/reliability.md). The settle wait covers Go's
+# 2-minute forced GC, so the heap figure after the churn is collected heap.
+SOAK_DURATION ?= 5m
+SOAK_CONNS ?= 5000
+SOAK_FLAGS ?=
+.PHONY: soak
+soak: build
+	$(BIN)/wsbroker soak --duration $(SOAK_DURATION) --conns $(SOAK_CONNS) --bad-ratio 0.2 --publish-rate 100 \
+		--hold 5s --source-addrs 16 --settle 150s --max-heap-growth 33554432 $(SOAK_FLAGS)

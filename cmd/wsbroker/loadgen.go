@@ -331,6 +331,9 @@ type loadgen struct {
 	m      *minter
 	kinds  []tally
 	goodRs tally
+	// localAddr, if set, is the source address of every dial (soak spreads
+	// its connections over several loopback addresses).
+	localAddr net.Addr
 
 	connects, failures, published, received atomic.Uint64
 }
@@ -507,7 +510,7 @@ func (w *wsConn) writeFrame(f ws.Frame) error {
 // handshake sends one upgrade request and reads the answer. It returns a
 // connection only when the server switched protocols.
 func (lg *loadgen) handshake(ctx context.Context, req upgradeRequest) (upgradeResult, *wsConn, error) {
-	d := net.Dialer{Timeout: lg.o.dialTimeout}
+	d := net.Dialer{Timeout: lg.o.dialTimeout, LocalAddr: lg.localAddr}
 	c, err := d.DialContext(ctx, "tcp", lg.addr)
 	if err != nil {
 		var oe *net.OpError

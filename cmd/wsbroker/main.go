@@ -45,7 +45,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newTokenCmd(), newProbeCmd(), newLoadgenCmd(), newEventsCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newTokenCmd(), newProbeCmd(), newLoadgenCmd(), newSoakCmd(), newEventsCmd(), newVersionCmd())
 	return root
 }
 
