@@ -90,6 +90,9 @@ type Config struct {
 	PublishClaim       string
 	MaxSubscriptions   int
 	MaxChannelNameSize int
+	// TraceFailureRate caps the rejection traces exported per second and
+	// reason (successes follow the tracer's ratio); negative: no cap.
+	TraceFailureRate float64
 	// ShutdownDrain bounds the wait for connections to close on shutdown.
 	ShutdownDrain time.Duration
 }
@@ -117,6 +120,7 @@ func DefaultConfig() Config {
 		MaxSubscriptions:   100,
 		MaxChannelNameSize: 128,
 		ShutdownDrain:      10 * time.Second,
+		TraceFailureRate:   20,
 	}
 }
 
@@ -190,6 +194,9 @@ func (c *Config) fill() error {
 	seti(&c.MaxChannelNameSize, d.MaxChannelNameSize)
 	if c.MaxHandshakeBytes < 1024 {
 		return fmt.Errorf("max-handshake-bytes: %d is below 1024", c.MaxHandshakeBytes)
+	}
+	if c.TraceFailureRate == 0 {
+		c.TraceFailureRate = d.TraceFailureRate
 	}
 	if c.ChannelClaim == "" {
 		c.ChannelClaim = d.ChannelClaim

@@ -156,6 +156,7 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		return nil, errHandshakeTooLarge
 	}
 	h.authenticate()
+	h.kept = h.sc.IsValid() && h.s.keepTrace(h.sc, h.reason)
 	if h.reason != authn.ReasonNone && h.s.cfg.RejectMode == RejectHTTP {
 		h.hc.swallow = true
 		return nil, errRejected
@@ -175,7 +176,6 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 	if h.selected {
 		h.respHdr = append(h.respHdr, "Sec-WebSocket-Protocol: "+authn.Protocol+"\r\n"...)
 	}
-	h.kept = h.sc.IsValid() && h.s.traces.Keeps(h.sc, h.reason != authn.ReasonNone)
 	if h.kept {
 		h.respHdr = append(h.respHdr, "X-Trace-Id: "...)
 		var tid [32]byte
@@ -259,7 +259,7 @@ func (h *handshake) traceEvent(e *event.Event) {
 	}
 	e.TraceID, e.SpanID = h.sc.TraceID(), h.sc.SpanID()
 	failed := e.Type == event.TypeUpgradeRejected
-	e.Sampled = h.s.traces.Keeps(h.sc, failed)
+	e.Sampled = h.kept
 	if !e.Sampled {
 		return
 	}
@@ -320,7 +320,7 @@ func (h *handshake) writeRejection(requestID string) {
 	b.WriteString("\r\nX-Wsbroker-Reason: ")
 	b.WriteString(r.String())
 	b.WriteString("\r\n")
-	if h.sc.IsValid() {
+	if h.kept {
 		b.WriteString("X-Trace-Id: ")
 		b.WriteString(h.sc.TraceID().String())
 		b.WriteString("\r\n")

@@ -51,6 +51,7 @@ type brokerOpts struct {
 	origins []string
 	now     func() time.Time
 	bus     Bus
+	traces  Traces
 }
 
 // eventRecorder is a sink that keeps copies of events.
@@ -123,7 +124,7 @@ func newTestBroker(t testing.TB, o brokerOpts) *testBroker {
 	}
 	srv, err := New(cfg, Deps{
 		Extractor: ex, Verifier: ver, Origins: origins, Metrics: m,
-		Sink: event.Sinks{m, rec}, Now: o.now, Bus: o.bus,
+		Sink: event.Sinks{m, rec}, Now: o.now, Traces: o.traces, Bus: o.bus,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -75,6 +75,8 @@ type Server struct {
 	evSeq    atomic.Uint64 // event sequence
 	connSeq  atomic.Uint64
 	failures *failureLimiter
+	// traceFailures caps exported rejection traces per reason.
+	traceFailures reasonLimiter
 
 	hsPool  sync.Pool
 	evPool  sync.Pool
@@ -143,6 +145,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		s.now = time.Now
 	}
 	s.failures = newFailureLimiter(cfg.FailureBurst, cfg.FailureRate)
+	s.traceFailures.rate = cfg.TraceFailureRate
 	s.hsPool.New = func() any { return newHandshake(s) }
 	s.evPool.New = func() any { return new(event.Event) }
 	p, err := poller.New(poller.Config{})
@@ -336,6 +339,44 @@ func (s *Server) reject(h *handshake) {
 	h.traceEvent(e)
 	s.emit(context.Background(), e)
 	s.putEvent(e)
+}
+
+// keepTrace decides whether an upgrade's trace is exported: successes by
+// the tracer's ratio, failures always, up to TraceFailureRate per second
+// and reason, so that a flood of rejections cannot make tracing the
+// broker's main cost (the metrics and the event log still count every one).
+func (s *Server) keepTrace(sc trace.SpanContext, r authn.Reason) bool {
+	if r == authn.ReasonNone {
+		return s.traces.Keeps(sc, false)
+	}
+	return s.traceFailures.allow(r, s.now()) && s.traces.Keeps(sc, true)
+}
+
+// reasonLimiter is a token bucket per reason.
+type reasonLimiter struct {
+	rate float64 // per second; <= 0: unlimited
+	mu   sync.Mutex
+	b    [authn.NumReasons]bucket
+}
+
+func (l *reasonLimiter) allow(r authn.Reason, now time.Time) bool {
+	if l.rate <= 0 || r >= authn.NumReasons {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := &l.b[r]
+	if b.last.IsZero() {
+		b.tokens = l.rate
+	} else {
+		b.tokens = min(l.rate, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // clientAddr is the peer address, or the client address a trusted proxy

@@ -58,6 +58,7 @@ type serveOptions struct {
 	maxSubscriptions             int
 	shutdownDrain                time.Duration
 	traceSuccessRatio            float64
+	traceFailureRate             float64
 	failureBurst                 int
 	failureRate                  float64
 	devTokenTTL                  time.Duration
@@ -139,7 +140,8 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&o.publishClaim, "publish-claim", "", "claim with publish-only patterns (replaces channel-claim for publish)")
 	f.IntVar(&o.maxSubscriptions, "max-subscriptions", d.MaxSubscriptions, "subscriptions per connection")
 	f.DurationVar(&o.shutdownDrain, "shutdown-drain", d.ShutdownDrain, "bound on the wait for connections to close on SIGTERM")
-	f.Float64Var(&o.traceSuccessRatio, "trace-success-ratio", 0.01, "share of successful upgrades whose traces are exported (failures always are)")
+	f.Float64Var(&o.traceSuccessRatio, "trace-success-ratio", 0.01, "share of successful upgrades whose traces are exported (failures always are, up to --trace-failure-rate)")
+	f.Float64Var(&o.traceFailureRate, "trace-failure-rate", d.TraceFailureRate, "rejection traces exported per second and reason, at most (metrics and events still count every one; negative: no cap)")
 	f.BoolVar(&o.events, "events", true, "append every event to the event log (NATS JetStream) and serve /v1/presence, /v1/connections, /v1/events")
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "directory of the embedded event store (one process owns it)")
 	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of a NATS cluster: the event log, and channels shared with the other nodes (docs/cluster.md); default: a single node, NATS embedded on --data-dir")
@@ -254,6 +256,7 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	cfg.MaxConnsPerSubject, cfg.MaxConns = o.maxConnsPerSubject, o.maxConns
 	cfg.PingInterval, cfg.IdleTimeout, cfg.WriteTimeout = o.pingInterval, o.idleTimeout, o.writeTimeout
 	cfg.FrameTimeout = o.frameTimeout
+	cfg.TraceFailureRate = o.traceFailureRate
 	cfg.ExpiryLeeway, cfg.MaxMessageSize, cfg.SendQueue = o.expiryLeeway, o.maxMessageSize, o.sendQueue
 	cfg.ChannelClaim, cfg.SubscribeClaim, cfg.PublishClaim = o.channelClaim, o.subscribeClaim, o.publishClaim
 	cfg.MaxSubscriptions, cfg.ShutdownDrain = o.maxSubscriptions, o.shutdownDrain
