@@ -48,6 +48,7 @@ type soakOptions struct {
 	hmacSecretFile     string
 	issuer             string
 	brokerBin          string
+	serveFlags         []string
 	duration           time.Duration
 	conns              int
 	badRatio           float64
@@ -92,6 +93,7 @@ func newSoakCmd() *cobra.Command {
 	f.StringVar(&o.hmacSecretFile, "jwt-hmac-secret-file", "", "that broker's HS256 secret, to mint tokens; required with --url")
 	f.StringVar(&o.issuer, "jwt-issuer", "", "iss of good tokens (that broker's --jwt-issuer)")
 	f.StringVar(&o.brokerBin, "broker-bin", "", "wsbroker binary to start when --url is empty (default: this one)")
+	f.StringArrayVar(&o.serveFlags, "serve-flag", nil, "extra flag of the broker the soak starts, e.g. --serve-flag=--events=false (repeatable)")
 	f.DurationVar(&o.duration, "duration", time.Minute, "how long the churn runs (at most 1h)")
 	f.IntVar(&o.conns, "conns", 1000, "concurrent churning clients (at most 15000)")
 	f.Float64Var(&o.badRatio, "bad-ratio", 0.2, "share of attempts that are broken upgrades")
@@ -170,9 +172,16 @@ type soakReport struct {
 	Peak          soakResources     `json:"peak"`
 	Errors        map[string]uint64 `json:"errors_by_reason"`
 	Closes        map[string]uint64 `json:"closes_by_reason"`
-	Events        map[string]uint64 `json:"events_by_type"`
-	Stored        map[string]uint64 `json:"stored_by_type,omitempty"`
-	Checks        []soakCheck       `json:"checks"`
+	Handshake     map[string]uint64 `json:"handshake_errors_by_kind"`
+	Dropped       map[string]uint64 `json:"messages_dropped_by_reason"`
+	// PublishErrors are events the log could not take
+	// (wsbroker_event_publish_errors_total); QueueDepthPeak is the largest
+	// wsbroker_event_queue_depth seen.
+	PublishErrors  uint64            `json:"event_publish_errors"`
+	QueueDepthPeak float64           `json:"event_queue_depth_peak"`
+	Events         map[string]uint64 `json:"events_by_type"`
+	Stored         map[string]uint64 `json:"stored_by_type,omitempty"`
+	Checks         []soakCheck       `json:"checks"`
 }
 
 func (r *soakReport) check(name string, ok bool, got, want any) {
@@ -244,6 +253,7 @@ func startSoakBroker(ctx context.Context, o *soakOptions) (*soakBroker, error) {
 		"--failure-burst", "0",
 		"--shutdown-drain", "10s",
 	)
+	b.cmd.Args = append(b.cmd.Args, o.serveFlags...)
 	b.cmd.Dir = dir
 	b.cmd.Stdout, b.cmd.Stderr = logf, logf
 	if err := b.cmd.Start(); err != nil {
@@ -331,6 +341,7 @@ type soak struct {
 	goodErrs                tally
 	peakMu                  sync.Mutex
 	peakConns, peakG, peakH float64
+	peakDepth               float64
 }
 
 func runSoak(ctx context.Context, o *soakOptions, stdout, stderr io.Writer) error {
@@ -456,6 +467,7 @@ func runSoak(ctx context.Context, o *soakOptions, stdout, stderr io.Writer) erro
 	s.peakMu.Lock()
 	rep.PeakServer = s.peakConns
 	rep.Peak = soakResources{Goroutines: s.peakG, HeapInuseBytes: s.peakH}
+	rep.QueueDepthPeak = s.peakDepth
 	s.peakMu.Unlock()
 	rep.PeakClient = s.peakClient.Load()
 	rep.GoodUpgrades = s.good.Load()
@@ -484,6 +496,11 @@ func runSoak(ctx context.Context, o *soakOptions, stdout, stderr io.Writer) erro
 	}
 	rep.Closes = deltas(base, end, "wsbroker_connection_closes_total{reason=")
 	rep.Events = deltas(base, end, "wsbroker_events_total{type=")
+	rep.Handshake = deltas(base, end, "wsbroker_handshake_errors_total{kind=")
+	rep.Dropped = deltas(base, end, "wsbroker_messages_dropped_total{reason=")
+	if d := end["wsbroker_event_publish_errors_total"] - base["wsbroker_event_publish_errors_total"]; d > 0 {
+		rep.PublishErrors = uint64(d)
+	}
 
 	accepted := rep.GoodUpgrades + uint64(len(pubs))
 	rep.check("every good upgrade accepted", s.goodFailed.Load() == 0, s.goodFailed.Load(), "0 failed")
@@ -533,7 +550,8 @@ func runSoak(ctx context.Context, o *soakOptions, stdout, stderr io.Writer) erro
 	if sb != nil {
 		code, err := sb.stop(30 * time.Second)
 		rep.check("broker exits 0 on SIGTERM", err == nil && code == 0, fmt.Sprintf("%d %v", code, err), 0)
-		if err == nil {
+		// No /v1/rejections: the event log is off (--serve-flag=--events=false).
+		if err == nil && rejErr == nil {
 			stored, err := storedByType(ctx, sb.dataDir)
 			if err != nil {
 				rep.check("event stream readable", false, err, "nil")
@@ -598,8 +616,7 @@ func (s *soak) goodSession(ctx, run context.Context, lg *loadgen, sub string, rn
 		return
 	}
 	s.good.Add(1)
-	if n := s.open.Add(1); n > s.peakClient.Load() {
-		s.peakClient.Store(n) // approximate under races; fine for a peak
+	for n, p := s.open.Add(1), s.peakClient.Load(); n > p && !s.peakClient.CompareAndSwap(p, n); p = s.peakClient.Load() {
 	}
 	defer s.open.Add(-1)
 	defer c.Close()
@@ -784,6 +801,7 @@ func (s *soak) sample(ctx context.Context) {
 		s.peakConns = max(s.peakConns, m["wsbroker_connections"])
 		s.peakG = max(s.peakG, m["go_goroutines"])
 		s.peakH = max(s.peakH, m["go_memstats_heap_inuse_bytes"])
+		s.peakDepth = max(s.peakDepth, m["wsbroker_event_queue_depth"])
 		s.peakMu.Unlock()
 	}
 }
@@ -981,6 +999,9 @@ func (r *soakReport) write(w io.Writer, asJSON bool) error {
 		fmt.Fprintf(tw, "events (stream)\t%s\n", formatCounts(r.Stored))
 	}
 	fmt.Fprintf(tw, "closes by reason\t%s\n", formatCounts(r.Closes))
+	fmt.Fprintf(tw, "handshake errors\t%s\n", formatCounts(r.Handshake))
+	fmt.Fprintf(tw, "messages dropped\t%s\n", formatCounts(r.Dropped))
+	fmt.Fprintf(tw, "event log\t%d publish errors (events not stored), queue depth at peak %.0f\n", r.PublishErrors, r.QueueDepthPeak)
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "answers and errors\tcount")
 	keys := make([]string, 0, len(r.Errors))
