@@ -47,9 +47,12 @@ type Conn struct {
 	blocking bool
 
 	// mu guards the fields below it.
-	mu      sync.Mutex
-	expiry  time.Time
-	expTmr  *time.Timer
+	mu     sync.Mutex
+	expiry time.Time
+	// expDue and expIdx are the connection's place in the server's expiry
+	// heap (guarded by its lock); expIdx is -1 outside it.
+	expDue  time.Time
+	expIdx  int
 	perms   permissions
 	subs    map[string]struct{}
 	queue   [][]byte
@@ -74,6 +77,7 @@ type Conn struct {
 func (s *Server) open(h *handshake) {
 	c := &Conn{
 		s:        s,
+		expIdx:   -1,
 		id:       s.connSeq.Add(1),
 		nc:       h.conn,
 		opened:   s.now(),
@@ -167,23 +171,7 @@ func (c *Conn) armExpiry() {
 	if c.expiry.IsZero() || c.closed {
 		return
 	}
-	d := c.expiry.Add(c.s.cfg.ExpiryLeeway).Sub(c.s.now())
-	if c.expTmr != nil {
-		c.expTmr.Reset(d)
-		return
-	}
-	c.expTmr = time.AfterFunc(d, c.expired)
-}
-
-func (c *Conn) expired() {
-	c.mu.Lock()
-	due := c.expiry.Add(c.s.cfg.ExpiryLeeway)
-	c.mu.Unlock()
-	if c.s.now().Before(due) {
-		// Refreshed meanwhile: the timer was reset, this run is stale.
-		return
-	}
-	c.close(event.CloseTokenExpired, CloseTokenExpired, "token_expired")
+	c.s.expiries.set(c, c.expiry.Add(c.s.cfg.ExpiryLeeway))
 }
 
 // payloadPool holds read buffers; a buffer is only held while a frame is
@@ -439,13 +427,11 @@ func (c *Conn) close(reason event.CloseReason, code ws.StatusCode, text string) 
 	}
 	c.closed = true
 	c.queue = nil
-	if c.expTmr != nil {
-		c.expTmr.Stop()
-	}
 	subs := c.subs
 	c.subs = nil
 	d := c.desc
 	c.mu.Unlock()
+	c.s.expiries.remove(c)
 	if d != nil {
 		_ = c.s.poller.Remove(d)
 	}

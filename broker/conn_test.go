@@ -352,3 +352,42 @@ wait:
 		t.Fatalf("live connection after the idle timeout of another: %v", m)
 	}
 }
+
+// TestExpiryOrderAndCleanup: tokens expire in due order from one heap; a
+// refresh moves its entry and a close removes it, so nothing piles up.
+func TestExpiryOrderAndCleanup(t *testing.T) {
+	b := newTestBroker(t, brokerOpts{})
+	at := func(sub string, d time.Duration) jwt.MapClaims {
+		c := validClaims(sub)
+		c["exp"] = time.Now().Add(d).Unix()
+		return c
+	}
+	c3 := b.connect(at("third", 3*time.Second))
+	c2 := b.connect(at("second", 2*time.Second))
+	keep := b.connect(at("kept", 2*time.Second))
+	keep.send(map[string]any{"type": "refresh", "id": 1, "token": hsToken(t, at("kept", time.Hour))})
+	expectType(t, keep.read(), "ack")
+	for _, want := range []string{"second", "third"} {
+		e := b.events.next(t, event.TypeConnectionClosed)
+		if e.Subject != want || e.CloseReason != event.CloseTokenExpired {
+			t.Fatalf("closed %s (%s), want %s token_expired",
+				e.Subject, e.CloseReason, want)
+		}
+	}
+	_, _ = c2, c3
+	b.srv.expiries.mu.Lock()
+	n := len(b.srv.expiries.h)
+	b.srv.expiries.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d entries in the expiry heap, want the refreshed one", n)
+	}
+	keep.c.Close()
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		b.srv.expiries.mu.Lock()
+		defer b.srv.expiries.mu.Unlock()
+		if len(b.srv.expiries.h) != 0 {
+			return fmt.Errorf("%d entries left after the last close", len(b.srv.expiries.h))
+		}
+		return nil
+	})
+}

@@ -83,9 +83,10 @@ type Server struct {
 	hsSlots chan struct{} // one per handshake goroutine
 	hsQueue chan net.Conn // to idle handshake goroutines (unbuffered)
 
-	poller  *poller.Poller
-	writers *writerPool
-	hub     *hub
+	poller   *poller.Poller
+	writers  *writerPool
+	hub      *hub
+	expiries *expiries
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -155,6 +156,12 @@ func New(cfg Config, d Deps) (*Server, error) {
 	s.poller = p
 	s.writers = newWriterPool(0)
 	s.hub = newHub(s, d.Bus)
+	s.expiries = newExpiries(s)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.expiries.run(s.stop)
+	}()
 	s.wg.Add(1)
 	go s.sweep()
 	return s, nil
