@@ -359,6 +359,11 @@ func (l *Log) enqueue(e *event.Event) {
 	if !l.queue.push(e) {
 		l.enqueued.Add(^uint64(0))
 		l.publishError()
+		// Lost to the log, but this node's own projection need not lose it
+		// too: a dropped close would otherwise leave a ghost in presence.
+		if l.proj != nil {
+			l.proj.ApplyDropped(e)
+		}
 	}
 }
 

@@ -191,3 +191,26 @@ func TestOversizedEventDropped(t *testing.T) {
 			got)
 	}
 }
+
+// A close the full queue drops still reaches this node's projection, and
+// the open that follows it through the stream does not bring it back.
+func TestDroppedCloseLeavesNoGhost(t *testing.T) {
+	m := &fakeMetrics{}
+	l := &Log{cfg: Config{Metrics: m, RejectLimit: -1}, queue: newQueue(1), proj: NewProjection()}
+	open := opened("node-1", 1, 1, 1, "alice")
+	l.Observe(context.Background(), open) // queued
+	closed := *open
+	closed.Type = event.TypeConnectionClosed
+	closed.Seq = 2
+	l.Observe(context.Background(), &closed) // dropped: applied locally
+	if got := m.errors.Load(); got != 1 {
+		t.Fatalf("publish errors %d, want 1",
+			got)
+	}
+	// The queued open is appended and comes back through the stream.
+	l.proj.Apply(7, open)
+	if p := l.proj.Presence(); p.Connections != 0 {
+		t.Fatalf("presence %+v after the dropped close, want no connection",
+			p)
+	}
+}

@@ -25,7 +25,17 @@ type Projection struct {
 	recent    []event.Event             // ring of RecentRejections
 	next      int
 	rejected  map[string]uint64 // reason -> rejections, suppressed included
+	// closed remembers recently closed connections (a bounded FIFO) so that
+	// an open arriving after its close is ignored: a close the log dropped
+	// under overload is applied locally at once, while the open may still be
+	// on its way through the stream.
+	closed     map[connKey]struct{}
+	closedRing []connKey
+	closedNext int
 }
+
+// closedMemory bounds the tombstones of closed connections.
+const closedMemory = 1 << 16
 
 // connKey identifies a connection across nodes and restarts: conn ids are
 // only unique within one run (epoch) of one node.
@@ -94,6 +104,9 @@ func (p *Projection) Apply(seq uint64, e *event.Event) {
 		if _, ok := p.conns[k]; ok {
 			return
 		}
+		if _, gone := p.closed[k]; gone {
+			return
+		}
 		c := &connState{Conn: Conn{
 			ID: e.ConnID, Node: e.Node, Epoch: e.Epoch, Subject: e.Subject,
 			Source: e.Source.String(), Subprotocol: e.Subprotocol,
@@ -154,6 +167,36 @@ func (p *Projection) closeNodeLocked(node string, match func(epoch uint64) bool)
 			p.removeLocked(k, c)
 		}
 	}
+}
+
+// ApplyDropped folds in an event of this node that the log could not take
+// (its queue was full). A dropped close is remembered, so that the open
+// still on its way through the stream does not bring the connection back.
+func (p *Projection) ApplyDropped(e *event.Event) {
+	p.Apply(0, e)
+	if e.Type != event.TypeConnectionClosed {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tombstoneLocked(connKey{e.Node, e.Epoch, e.ConnID})
+}
+
+func (p *Projection) tombstoneLocked(k connKey) {
+	if p.closed == nil {
+		p.closed = map[connKey]struct{}{}
+	}
+	if _, ok := p.closed[k]; ok {
+		return
+	}
+	if len(p.closedRing) < closedMemory {
+		p.closedRing = append(p.closedRing, k)
+	} else {
+		delete(p.closed, p.closedRing[p.closedNext])
+		p.closedRing[p.closedNext] = k
+		p.closedNext = (p.closedNext + 1) % closedMemory
+	}
+	p.closed[k] = struct{}{}
 }
 
 func (p *Projection) removeLocked(k connKey, c *connState) {
