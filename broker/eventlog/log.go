@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,6 +168,11 @@ type Log struct {
 	abandon  context.CancelFunc
 	wg       sync.WaitGroup
 	closed   atomic.Bool
+	// epoch is this run's, learned from its own node.started. Events of this
+	// node and epoch are folded into the projection when their append is
+	// acknowledged, so the projection consumer skips them undecoded (their
+	// JSON decode was a tenth of the broker's CPU per accepted upgrade).
+	epoch atomic.Uint64
 }
 
 // Open starts (or connects to) NATS, creates or updates the stream, replays
@@ -285,11 +291,15 @@ func (l *Log) startProjection(ctx context.Context) error {
 		if err != nil {
 			return
 		}
-		var e event.Event
-		if err := e.UnmarshalJSON(m.Data()); err != nil {
-			l.log.Warn("eventlog: undecodable event", "seq", md.Sequence.Stream, "err", err)
+		if l.ownCurrentHeader(m.Headers()) {
+			l.proj.Advance(md.Sequence.Stream)
 		} else {
-			l.proj.Apply(md.Sequence.Stream, &e)
+			var e event.Event
+			if err := e.UnmarshalJSON(m.Data()); err != nil {
+				l.log.Warn("eventlog: undecodable event", "seq", md.Sequence.Stream, "err", err)
+			} else {
+				l.proj.Apply(md.Sequence.Stream, &e)
+			}
 		}
 		if md.Sequence.Stream >= last || md.NumPending == 0 {
 			once.Do(func() { close(caught) })
@@ -345,11 +355,32 @@ func (l *Log) Observe(_ context.Context, e *event.Event) {
 		l.publishError()
 		return
 	}
+	if e.Type == event.TypeNodeStarted && e.Node == l.cfg.Node {
+		l.epoch.Store(e.Epoch)
+	}
 	if e.Type == event.TypeUpgradeRejected && l.cfg.RejectLimit > 0 {
 		l.sampler.observe(l, e, l.cfg.Now())
 		return
 	}
 	l.enqueue(e)
+}
+
+// Headers naming the node and epoch of an appended event.
+const (
+	headerNode  = "Wsb-Node"
+	headerEpoch = "Wsb-Epoch"
+)
+
+// ownCurrent reports whether e is this node's, of this run: folded into the
+// projection at its append's acknowledgement instead of through the stream.
+func (l *Log) ownCurrent(e *event.Event) bool {
+	ep := l.epoch.Load()
+	return ep != 0 && e.Epoch == ep && e.Node == l.cfg.Node
+}
+
+func (l *Log) ownCurrentHeader(h nats.Header) bool {
+	ep := l.epoch.Load()
+	return ep != 0 && h.Get(headerNode) == l.cfg.Node && h.Get(headerEpoch) == strconv.FormatUint(ep, 10)
 }
 
 func (l *Log) enqueue(e *event.Event) {

@@ -425,3 +425,37 @@ func TestReconnectExactlyOnce(t *testing.T) {
 		return nil
 	})
 }
+
+// This node's events of this run are folded in when their append is
+// acknowledged and skipped, undecoded, by the projection consumer: each is
+// applied once. Other nodes' events still come through the stream.
+func TestOwnEventsFoldedOnce(t *testing.T) {
+	l := openLog(t, Config{DataDir: t.TempDir(), Node: "node-1"})
+	ctx := testContext(t)
+	start := NodeEvent(event.TypeNodeStarted, "node-1", 5, time.Now())
+	l.Observe(ctx, &start)
+	for i := range uint64(3) {
+		l.Observe(ctx, opened("node-1", 5, i+1, i+1, "alice"))
+	}
+	l.Observe(ctx, rejected("node-1", 5, 10, authn.ReasonExpired))
+	l.Observe(ctx, rejected("node-1", 5, 11, authn.ReasonMissingToken))
+	l.Observe(ctx, opened("node-2", 9, 1, 1, "bob"))
+	flush(t, l)
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		p := l.Projection()
+		if got := p.Presence().Connections; got != 4 {
+			return fmt.Errorf("presence %d connections, want 4", got)
+		}
+		var n uint64
+		for _, c := range p.Rejections().ByReason {
+			n += c
+		}
+		if n != 2 {
+			return fmt.Errorf("%d rejections folded, want 2 (each once)", n)
+		}
+		if p.Seq() != 7 {
+			return fmt.Errorf("projection at stream sequence %d, want 7", p.Seq())
+		}
+		return nil
+	})
+}

@@ -82,6 +82,16 @@ func (p *Projection) Seq() uint64 {
 	return p.seq
 }
 
+// Advance records that the stream's event at seq was folded in already
+// (this node's own, applied when its append was acknowledged).
+func (p *Projection) Advance(seq uint64) {
+	p.mu.Lock()
+	if seq > p.seq {
+		p.seq = seq
+	}
+	p.mu.Unlock()
+}
+
 // Apply folds the event at stream sequence seq into the projection; seq 0
 // means "no sequence" (always applied).
 func (p *Projection) Apply(seq uint64, e *event.Event) {

@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -12,6 +13,7 @@ import (
 
 // pending is one append in flight.
 type pending struct {
+	ev  *event.Event
 	msg *nats.Msg
 	fut jetstream.PubAckFuture
 	err error
@@ -99,7 +101,7 @@ func (l *Log) publish(batch []event.Event) {
 			l.markDone(1)
 			continue
 		}
-		ps = append(ps, pending{msg: m})
+		ps = append(ps, pending{ev: &batch[i], msg: m})
 	}
 	backoff := 50 * time.Millisecond
 	for len(ps) > 0 {
@@ -121,6 +123,9 @@ func (l *Log) publish(batch []event.Event) {
 			switch {
 			case p.err == nil:
 				acked++
+				if l.proj != nil && l.ownCurrent(p.ev) {
+					l.proj.Apply(0, p.ev)
+				}
 			case tooLarge(p.err):
 				// Never going to fit: retrying would wedge the appender.
 				l.log.Warn("eventlog: event too large for NATS", "subject", p.msg.Subject, "err", p.err)
@@ -163,6 +168,8 @@ func (l *Log) message(e *event.Event) (*nats.Msg, error) {
 	m := nats.NewMsg(Subject(e.Node, e.Type))
 	m.Data = b
 	m.Header.Set(jetstream.MsgIDHeader, e.ID())
+	m.Header.Set(headerNode, e.Node)
+	m.Header.Set(headerEpoch, strconv.FormatUint(e.Epoch, 10))
 	return m, nil
 }
 
