@@ -2,8 +2,10 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -44,13 +46,17 @@ func TestRejectionTracesCapped(t *testing.T) {
 		}
 	}
 	labels := map[string]string{"result": "rejected", "reason": "missing_token", "source": "none"}
-	if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != 10 {
-		t.Fatalf("counted %v rejections, want 10", got)
-	}
-	tr.mu.Lock()
-	kept := len(tr.kept)
-	tr.mu.Unlock()
-	if kept < 3 || kept > 4 || withID != kept {
-		t.Fatalf("%d traces kept, %d answers with X-Trace-Id; want 3 (4 if a second passed), equal", kept, withID)
-	}
+	// The answer is written before the event is emitted: wait for both.
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != 10 {
+			return fmt.Errorf("counted %v rejections, want 10", got)
+		}
+		tr.mu.Lock()
+		kept := len(tr.kept)
+		tr.mu.Unlock()
+		if kept < 3 || kept > 4 || withID != kept {
+			return fmt.Errorf("%d traces kept, %d answers with X-Trace-Id; want 3 (4 if a second passed), equal", kept, withID)
+		}
+		return nil
+	})
 }
