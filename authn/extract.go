@@ -65,6 +65,21 @@ type Check struct {
 	Reason Reason
 }
 
+// Outcome names what the source held, for traces and details: the
+// extraction failure, "token", "ignored_disabled" (a credential in a source
+// that is switched off) or "absent".
+func (c Check) Outcome() string {
+	switch {
+	case c.Reason != ReasonNone:
+		return c.Reason.String()
+	case c.Found && !c.Enabled:
+		return "ignored_disabled"
+	case c.Found:
+		return "token"
+	}
+	return "absent"
+}
+
 // Extraction is the outcome of looking for a token in a Request.
 type Extraction struct {
 	// Token is the credential; it aliases the Request's buffers and is valid

@@ -3,6 +3,7 @@ package broker
 import (
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,7 +90,7 @@ func FuzzHandshake(f *testing.F) {
 	}})
 	tok = hsToken(f, validClaims("fuzz"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		in = []byte(replaceAll(string(in), "TOKEN", tok))
+		in = []byte(strings.ReplaceAll(string(in), "TOKEN", tok))
 		srvSide, cliSide := net.Pipe()
 		defer cliSide.Close()
 		done := make(chan struct{})
@@ -120,25 +121,4 @@ func FuzzHandshake(f *testing.F) {
 			c.close(event.CloseClientClosed, ws.StatusNormalClosure, "")
 		}
 	})
-}
-
-func replaceAll(s, old, new string) string {
-	out := ""
-	for {
-		i := indexOf(s, old)
-		if i < 0 {
-			return out + s
-		}
-		out += s[:i] + new
-		s = s[i+len(old):]
-	}
-}
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -186,11 +187,7 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 }
 
 func hexTrace(dst []byte, id trace.TraceID) []byte {
-	const hexdigits = "0123456789abcdef"
-	for i, b := range id {
-		dst[i*2] = hexdigits[b>>4]
-		dst[i*2+1] = hexdigits[b&0xf]
-	}
+	hex.Encode(dst, id[:])
 	return dst
 }
 
@@ -421,14 +418,7 @@ func (h *handshake) extractionDetail() string {
 		first = false
 		b = append(b, c.Source.String()...)
 		b = append(b, " ("...)
-		switch {
-		case c.Reason != authn.ReasonNone:
-			b = append(b, c.Reason.String()...)
-		case c.Found:
-			b = append(b, "token"...)
-		default:
-			b = append(b, "absent"...)
-		}
+		b = append(b, c.Outcome()...)
 		b = append(b, ')')
 	}
 	for i := 0; i < h.ext.NChecks; i++ {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -208,7 +209,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			default:
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTemporary(err)) {
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
 				backoff = min(max(backoff*2, 5*time.Millisecond), time.Second)
 				s.log.Warn("accept failed; retrying", "error", err, "backoff", backoff)
 				time.Sleep(backoff)
@@ -268,15 +269,12 @@ func (s *Server) hsWorker(c net.Conn) {
 	}
 }
 
-// errTemporary treats EMFILE/ENFILE-like accept errors as retryable: they
+// isTemporary treats EMFILE/ENFILE-like accept errors as retryable: they
 // pass once descriptors are freed, and the listener must not die of them.
-func errTemporary(err error) error {
+func isTemporary(err error) bool {
 	type temporary interface{ Temporary() bool }
 	var t temporary
-	if errors.As(err, &t) && t.Temporary() {
-		return err
-	}
-	return nil
+	return errors.As(err, &t) && t.Temporary()
 }
 
 // handle runs one handshake (on a handshake goroutine, see dispatch) and
@@ -408,7 +406,7 @@ func (s *Server) clientAddr(c net.Conn, xff []byte) netip.Addr {
 		} else {
 			rest = ""
 		}
-		a, err := netip.ParseAddr(trimSpace(part))
+		a, err := netip.ParseAddr(strings.Trim(part, " \t"))
 		if err != nil {
 			return peer
 		}
@@ -428,16 +426,6 @@ func (s *Server) trusted(a netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-func trimSpace(s string) string {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
-	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // Ready reports whether the server accepts connections.

@@ -2,7 +2,9 @@ package tracing
 
 import (
 	"context"
+	"encoding/binary"
 	"math/rand/v2"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -32,19 +34,13 @@ func NewIDs(parent trace.SpanContext) trace.SpanContext {
 			flags = 0
 		}
 	} else {
-		putUint64(tid[:8], rand.Uint64())
-		putUint64(tid[8:], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[8:], rand.Uint64())
 	}
 	for !sid.IsValid() {
-		putUint64(sid[:], rand.Uint64())
+		binary.BigEndian.PutUint64(sid[:], rand.Uint64())
 	}
 	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: flags})
-}
-
-func putUint64(b []byte, v uint64) {
-	for i := range 8 {
-		b[i] = byte(v >> (56 - 8*i))
-	}
 }
 
 // presetKey carries the ids the next root span must use.
@@ -101,7 +97,7 @@ func (p *Provider) Observe(ctx context.Context, e *event.Event) {
 	status := e.Status
 	attrs := []attribute.KeyValue{
 		attribute.String("http.request.method", "GET"),
-		attribute.String("url.path", pathOf(e.Path)),
+		attribute.String("url.path", urlPath(e.Path)),
 		attribute.String("url.scheme", "ws"),
 		attribute.String("server.address", t.Host),
 		attribute.String("network.protocol.name", "websocket"),
@@ -137,7 +133,7 @@ func (p *Provider) Observe(ctx context.Context, e *event.Event) {
 				attribute.String("source", c.Source.String()),
 				attribute.Bool("enabled", c.Enabled),
 				attribute.Bool("found", c.Found),
-				attribute.String("outcome", checkOutcome(c)),
+				attribute.String("outcome", c.Outcome()),
 			))
 		}
 		x.SetAttributes(
@@ -171,23 +167,8 @@ func failSpan(s trace.Span, r authn.Reason) {
 	s.SetAttributes(attribute.String("error.type", r.String()))
 }
 
-func checkOutcome(c authn.Check) string {
-	switch {
-	case c.Reason != authn.ReasonNone:
-		return c.Reason.String()
-	case c.Found && !c.Enabled:
-		return "ignored_disabled"
-	case c.Found:
-		return "token"
-	}
-	return "absent"
-}
-
-func pathOf(uri string) string {
-	for i := 0; i < len(uri); i++ {
-		if uri[i] == '?' {
-			return uri[:i]
-		}
-	}
-	return uri
+// urlPath is the request-target without its query.
+func urlPath(uri string) string {
+	path, _, _ := strings.Cut(uri, "?")
+	return path
 }
