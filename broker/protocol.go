@@ -156,7 +156,7 @@ func (s *Server) recover(c *Conn, m *clientMessage) {
 // compactJSON drops insignificant white space so that messages are as
 // small as they can be; data was already validated by json.Unmarshal.
 func compactJSON(b []byte) []byte {
-	if bytes.IndexAny(b, " \n\t\r") < 0 {
+	if !bytes.ContainsAny(b, " \n\t\r") {
 		return b
 	}
 	var out bytes.Buffer

@@ -455,7 +455,7 @@ func (lg *loadgen) bad(ctx context.Context, i int) {
 func closeResult(c *wsConn, timeout time.Duration) upgradeResult {
 	_ = c.c.SetReadDeadline(time.Now().Add(min(timeout, 500*time.Millisecond)))
 	for {
-		f, err := ws.ReadFrame(c.br)
+		f, err := readFrame(c.br)
 		if err != nil {
 			return "101"
 		}
@@ -643,7 +643,7 @@ func (lg *loadgen) goodSession(ctx context.Context, i int, sub string) error {
 // readLoop reads until the connection ends, answering pings and closes.
 func (lg *loadgen) readLoop(c *wsConn) error {
 	for {
-		f, err := ws.ReadFrame(c.br)
+		f, err := readFrame(c.br)
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}

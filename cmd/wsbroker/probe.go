@@ -415,7 +415,7 @@ func probeUpgraded(r *probeResult, conn net.Conn, br *bufio.Reader) {
 		return
 	}
 	for {
-		f, err := ws.ReadFrame(br)
+		f, err := readFrame(br)
 		if err != nil {
 			r.Reason, r.Error = "closed_without_reason", fmt.Sprintf("read after upgrade: %v", err)
 			return
@@ -426,7 +426,7 @@ func probeUpgraded(r *probeResult, conn net.Conn, br *bufio.Reader) {
 			body := ws.NewCloseFrameBody(ws.StatusNormalClosure, "probe done")
 			_ = ws.WriteFrame(conn, ws.MaskFrame(ws.NewCloseFrame(body)))
 			_ = conn.SetReadDeadline(time.Now().Add(time.Second))
-			_, _ = ws.ReadFrame(br)
+			_, _ = readFrame(br)
 			return
 		case ws.OpClose:
 			code, text := ws.ParseCloseFrameData(f.Payload)

@@ -81,7 +81,7 @@ func TestServeDevAndSIGTERMDrain(t *testing.T) {
 	go stop()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
-		f, err := ws.ReadFrame(conn)
+		f, err := readFrame(conn)
 		if err != nil {
 			t.Fatalf("no close frame before the connection ended: %v", err)
 		}

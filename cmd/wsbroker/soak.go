@@ -712,7 +712,7 @@ func (s *soak) startPublishers(ctx context.Context) ([]*publisher, error) {
 		// The ack: subscribed before anyone publishes.
 		_ = c.c.SetReadDeadline(time.Now().Add(s.o.dialTimeout))
 		for {
-			f, err := ws.ReadFrame(c.br)
+			f, err := readFrame(c.br)
 			if err != nil {
 				return out, fmt.Errorf("soak: publisher %d subscribe ack: %w", i, err)
 			}
@@ -733,7 +733,7 @@ func (s *soak) startPublishers(ctx context.Context) ([]*publisher, error) {
 // read counts the messages of soak until the connection ends.
 func (p *publisher) read() error {
 	for {
-		f, err := ws.ReadFrame(p.c.br)
+		f, err := readFrame(p.c.br)
 		if err != nil {
 			return err
 		}

@@ -74,7 +74,7 @@ func (presetIDs) NewSpanID(ctx context.Context, tid trace.TraceID) trace.SpanID 
 }
 
 // Observe builds the spans of a kept upgrade from its event (a Sink).
-func (p *Provider) Observe(ctx context.Context, e *event.Event) {
+func (p *Provider) Observe(_ context.Context, e *event.Event) {
 	if !p.Enabled() || !e.Sampled || !e.TraceID.IsValid() {
 		return
 	}
@@ -82,7 +82,9 @@ func (p *Provider) Observe(ctx context.Context, e *event.Event) {
 		return
 	}
 	t := &e.Trace
-	ctx = context.Background()
+	// A new root, not the caller's context: the spans describe the upgrade,
+	// whatever goroutine reports it.
+	ctx := context.Background()
 	if t.Parent.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, t.Parent)
 	}
