@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,27 +104,44 @@ func (s *Server) open(h *handshake) {
 	e.Duration = s.now().Sub(h.start)
 	h.traceEvent(e)
 
+	if s.testHookOpen != nil {
+		s.testHookOpen()
+	}
 	s.mu.Lock()
-	if s.closing || len(s.conns) >= s.cfg.MaxConns ||
-		s.cfg.MaxConnsPerSubject > 0 && s.bySubject[c.subject] >= s.cfg.MaxConnsPerSubject {
+	full := s.limitLocked(c.subject)
+	if s.closing || full != "" {
 		// Lost a race with shutdown or a limit between authentication and
-		// registration: refuse after the fact.
+		// registration: refuse after the fact. The client saw the 101.
 		closing := s.closing
 		s.mu.Unlock()
-		code, reason := ws.StatusCode(1013), "connection_limit"
-		if closing {
-			code, reason = ws.StatusGoingAway, "server shutting down"
-			// The client saw the 101: record the connection and its
-			// shutdown close, like those the drain closed (handle runs
-			// under s.wg, so this precedes node.stopped).
+		if !closing {
+			// Recorded as the refusal it is, with the close code and text
+			// of reject mode close (4429 connection_limit), so that
+			// metrics, events and traces count it with the other
+			// connection_limit refusals instead of losing it.
+			s.putEvent(e)
+			h.reason, h.verdict.Detail = authn.ReasonConnectionLimit, full+" (reached after authentication)"
+			h.writeRejectionClose()
+			c.nc.Close()
+			e = s.getEvent()
+			h.rejectionEvent(e, int(CloseCode(h.reason)), h.requestID())
+			e.Duration = s.now().Sub(h.start)
+			h.traceEvent(e)
 			s.emit(context.Background(), e)
-			e.Type = event.TypeConnectionClosed
-			e.CloseReason, e.CloseCode = event.CloseServerShutdown, uint16(code)
-			e.Duration, e.Time = s.now().Sub(c.opened), time.Time{}
-			s.emit(context.Background(), e)
+			s.putEvent(e)
+			return
 		}
+		// The client saw the 101: record the connection and its shutdown
+		// close, like those the drain closed (handle runs under s.wg, so
+		// this precedes node.stopped).
+		code := ws.StatusGoingAway
+		s.emit(context.Background(), e)
+		e.Type = event.TypeConnectionClosed
+		e.CloseReason, e.CloseCode = event.CloseServerShutdown, uint16(code)
+		e.Duration, e.Time = s.now().Sub(c.opened), time.Time{}
+		s.emit(context.Background(), e)
 		s.putEvent(e)
-		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason)))
+		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, "server shutting down")))
 		c.nc.Close()
 		return
 	}
@@ -154,14 +172,23 @@ func (s *Server) open(h *handshake) {
 	}
 }
 
-// reserve checks the connection limits before the upgrade completes.
-func (s *Server) admit(subject string) bool {
+// admit checks the connection limits before the upgrade completes: "" when
+// subject may connect, else which limit is reached (the rejection's detail).
+func (s *Server) admit(subject string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.limitLocked(subject)
+}
+
+// limitLocked is admit with s.mu held.
+func (s *Server) limitLocked(subject string) string {
 	if len(s.conns) >= s.cfg.MaxConns {
-		return false
+		return "max-conns " + strconv.Itoa(s.cfg.MaxConns) + " connections open on this node"
 	}
-	return s.cfg.MaxConnsPerSubject <= 0 || s.bySubject[subject] < s.cfg.MaxConnsPerSubject
+	if s.cfg.MaxConnsPerSubject > 0 && s.bySubject[subject] >= s.cfg.MaxConnsPerSubject {
+		return "max-conns-per-subject " + strconv.Itoa(s.cfg.MaxConnsPerSubject) + " connections open for this subject"
+	}
+	return ""
 }
 
 // armExpiry schedules the token_expired close at exp + leeway.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
 
+	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -390,4 +392,46 @@ func TestExpiryOrderAndCleanup(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestLimitRaceAfterUpgrade: two upgrades pass the limit check for the last
+// slot; the one that registers second already saw its 101, so it is closed
+// 4429 connection_limit and recorded as a refusal with the limit it hit, not
+// dropped silently (it used to close with 1013 and no event).
+func TestLimitRaceAfterUpgrade(t *testing.T) {
+	var bp atomic.Pointer[testBroker]
+	var calls atomic.Int32
+	second := make(chan handshakeResp, 1)
+	b := newTestBroker(t, brokerOpts{cfg: func(c *Config) { c.MaxConns = 1 }, openHook: func() {
+		if calls.Add(1) != 1 {
+			return
+		}
+		// The first upgrade to get here lets a second one pass the limit
+		// check and register before it goes on.
+		b := bp.Load()
+		second <- b.doHandshake(handshakeReq{headers: [][2]string{auth(hsToken(t, validClaims("bob")))}})
+		checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			return wantCounter(b, "wsbroker_connections", nil, 1)
+		})
+	}})
+	bp.Store(b)
+	first := b.doHandshake(handshakeReq{headers: [][2]string{auth(hsToken(t, validClaims("alice")))}})
+	won := <-second
+	if first.resp.StatusCode != http.StatusSwitchingProtocols || won.resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("statuses %d and %d, want both 101", first.resp.StatusCode, won.resp.StatusCode)
+	}
+	code, text := first.client(t).readClose()
+	if code != 4429 || text != "connection_limit" {
+		t.Fatalf("loser closed %d %q, want 4429 connection_limit", code, text)
+	}
+	e := b.events.next(t, event.TypeUpgradeRejected)
+	if e.Reason != authn.ReasonConnectionLimit || e.Status != 4429 || !strings.Contains(e.Detail, "max-conns 1 ") || e.RequestID == "" {
+		t.Fatalf("event %s %d %q %q", e.Reason, e.Status, e.Detail, e.RequestID)
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		return wantCounter(b, "wsbroker_upgrades_total", map[string]string{"result": "rejected", "reason": "connection_limit", "source": "header"}, 1)
+	})
+	if got := counter(t, b.reg, "wsbroker_connections", nil); got != 1 {
+		t.Fatalf("connections gauge %v, want 1 (the winner)", got)
+	}
 }

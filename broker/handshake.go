@@ -224,10 +224,12 @@ func (h *handshake) authenticate() {
 	}
 
 	// Policy.
+	if full := s.admit(h.principal.Subject); full != "" {
+		h.reason, h.verdict.Detail = authn.ReasonConnectionLimit, full
+		return
+	}
 	origin := h.req.Origin()
 	switch {
-	case !s.admit(h.principal.Subject):
-		h.reason = authn.ReasonConnectionLimit
 	case h.source == authn.SourceCookie && (len(origin) == 0 || !s.origins.Allowed(origin)):
 		// A cookie rides along on any cross-site request: without an
 		// allowed Origin it proves nothing (Cross-Site WebSocket Hijacking).

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -557,9 +558,17 @@ func TestHandshakeLimits(t *testing.T) {
 		defer c.Close()
 		_, _ = c.Write([]byte("GET /ws HTTP/1.1\r\nHost: x\r\n"))
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 1)
-		if _, err := c.Read(buf); err == nil {
-			t.Fatalf("connection still open after the handshake timeout")
+		br := bufioReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer after the handshake timeout: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "handshake-timeout 300ms") {
+			t.Fatalf("answer %d %q, want 408 naming handshake-timeout", resp.StatusCode, body)
+		}
+		if _, err := br.ReadByte(); err == nil {
+			t.Fatalf("connection still open after the 408")
 		}
 		checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 			return wantCounter(b, "wsbroker_handshake_errors_total", map[string]string{"kind": "timeout"}, 1)

@@ -50,6 +50,8 @@ type brokerOpts struct {
 	now     func() time.Time
 	bus     Bus
 	traces  Traces
+	// openHook is the server's testHookOpen.
+	openHook func()
 }
 
 // eventRecorder is a sink that keeps copies of events.
@@ -127,6 +129,7 @@ func newTestBroker(t testing.TB, o brokerOpts) *testBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.testHookOpen = o.openHook
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -78,6 +78,9 @@ type Server struct {
 	failures *failureLimiter
 	// traceFailures caps exported rejection traces per reason.
 	traceFailures reasonLimiter
+	// testHookOpen, when set (tests only), runs between an accepted
+	// upgrade's 101 and its registration: the window of the limit race.
+	testHookOpen func()
 
 	hsPool  sync.Pool
 	evPool  sync.Pool
@@ -301,6 +304,7 @@ func (s *Server) handle(c net.Conn) {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			s.metrics.HandshakeError(telemetry.HandshakeTimeout)
+			writeTimeout(c, s.cfg.HandshakeTimeout)
 		} else {
 			s.metrics.HandshakeError(telemetry.HandshakeBadRequest)
 		}
@@ -320,6 +324,16 @@ func (s *Server) handle(c net.Conn) {
 func writeTooLarge(c net.Conn) {
 	const body = "handshake larger than max-handshake-bytes\n"
 	_, _ = c.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body))
+}
+
+// writeTimeout answers a request that did not arrive whole within the
+// handshake timeout with 408 (RFC 9110 §15.5.9), so that a client on a slow
+// or stalled path reads why it was cut off instead of an EOF. The write has
+// a short deadline of its own: the peer may not be reading.
+func writeTimeout(c net.Conn, d time.Duration) {
+	body := "handshake not received within handshake-timeout " + d.String() + "\n"
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write([]byte("HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body))
 }
 
 // reject answers, records and counts a refused upgrade.
