@@ -19,7 +19,11 @@
 // the server's RSS, Go heap, stacks and goroutines from its /metrics before
 // and after, and prints the difference per connection; with -fanout M it
 // subscribes every connection to one channel and publishes M messages, one
-// at a time, reporting delivery latency (p50/p99) and deliveries/s.
+// at a time, reporting delivery latency (p50/p99) and deliveries/s. Each
+// delivery is timed twice: when the subscriber's socket received the bytes
+// (the kernel's SO_TIMESTAMPNS receive timestamp: the server's delivery) and
+// when the client's reader goroutine got to read them (adds the scheduling
+// of 10,000 client goroutines on CPUs the server shares).
 package main
 
 import (
@@ -322,18 +326,23 @@ func oneHandshake(ctx context.Context, dl *dialer, addr string, req, buf []byte)
 
 // holdResult is one hold run.
 type holdResult struct {
-	Conns           float64 `json:"conns"`
-	DialSeconds     float64 `json:"dial_seconds"`
-	RSSPerConn      float64 `json:"rss_per_conn"`
-	HeapPerConn     float64 `json:"heap_per_conn"`
-	StackPerConn    float64 `json:"stack_per_conn"`
-	GoroutinesPer   float64 `json:"goroutines_per_conn"`
-	FanoutMessages  int     `json:"fanout_messages,omitempty"`
-	Deliveries      int     `json:"deliveries,omitempty"`
-	DeliveriesPerS  float64 `json:"deliveries_per_sec,omitempty"`
-	P50Millis       float64 `json:"p50_ms,omitempty"`
-	P99Millis       float64 `json:"p99_ms,omitempty"`
-	MaxMillis       float64 `json:"max_ms,omitempty"`
+	Conns          float64 `json:"conns"`
+	DialSeconds    float64 `json:"dial_seconds"`
+	RSSPerConn     float64 `json:"rss_per_conn"`
+	HeapPerConn    float64 `json:"heap_per_conn"`
+	StackPerConn   float64 `json:"stack_per_conn"`
+	GoroutinesPer  float64 `json:"goroutines_per_conn"`
+	FanoutMessages int     `json:"fanout_messages,omitempty"`
+	Deliveries     int     `json:"deliveries,omitempty"`
+	DeliveriesPerS float64 `json:"deliveries_per_sec,omitempty"`
+	P50Millis      float64 `json:"p50_ms,omitempty"`
+	P99Millis      float64 `json:"p99_ms,omitempty"`
+	MaxMillis      float64 `json:"max_ms,omitempty"`
+	// Socket*: the same latencies at the kernel receive timestamp of the
+	// subscriber's socket, without the client's scheduling.
+	SocketP50Millis float64 `json:"socket_p50_ms,omitempty"`
+	SocketP99Millis float64 `json:"socket_p99_ms,omitempty"`
+	SocketMaxMillis float64 `json:"socket_max_ms,omitempty"`
 	FanoutMissing   int     `json:"fanout_missing,omitempty"`
 	FanoutFirstFail string  `json:"fanout_first_error,omitempty"`
 }
@@ -439,6 +448,9 @@ func holdCmd(args []string) error {
 type wsConn struct {
 	net.Conn
 	rw io.ReadWriter
+	// rx holds the kernel receive time of the last bytes read (nil where
+	// the socket cannot give one).
+	rx *rxStampReader
 }
 
 func dialWS(dl *dialer, rawURL, tok string) (*wsConn, error) {
@@ -453,13 +465,24 @@ func dialWS(dl *dialer, rawURL, tok string) (*wsConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upgrade: %w", err)
 	}
-	if br == nil {
-		br = bufio.NewReaderSize(c, 512)
+	rx, err := enableRxStamps(c)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("SO_TIMESTAMPNS: %w", err)
 	}
-	return &wsConn{Conn: c, rw: struct {
+	var r io.Reader = c
+	if rx != nil {
+		r = rx
+	}
+	if br != nil && br.Buffered() > 0 {
+		// Bytes the server sent right behind its 101.
+		b, _ := br.Peek(br.Buffered())
+		r = io.MultiReader(bytes.NewReader(b), r)
+	}
+	return &wsConn{Conn: c, rx: rx, rw: struct {
 		io.Reader
 		io.Writer
-	}{br, c}}, nil
+	}{bufio.NewReaderSize(r, 512), c}}, nil
 }
 
 // fanOut subscribes every connection to "bench", waits for every ack, then
@@ -470,11 +493,15 @@ func fanOut(conns []*wsConn, msgs int, gap time.Duration, res *holdResult) error
 	var acked sync.WaitGroup
 	acked.Add(n)
 	recv := make([][]time.Duration, n)
+	// arrived: the same deliveries timed at the kernel's receive
+	// timestamp of the subscriber's socket (SO_TIMESTAMPNS).
+	arrived := make([][]time.Duration, n)
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	var done sync.WaitGroup
 	for i, c := range conns {
 		recv[i] = make([]time.Duration, 0, msgs)
+		arrived[i] = make([]time.Duration, 0, msgs)
 		done.Add(1)
 		go func() {
 			defer done.Done()
@@ -503,6 +530,11 @@ func fanOut(conns []*wsConn, msgs int, gap time.Duration, res *holdResult) error
 					continue // the publisher's acks
 				}
 				recv[i] = append(recv[i], at.Sub(time.Unix(0, sent)))
+				if c.rx != nil {
+					if ts := c.rx.last.Load(); ts != 0 {
+						arrived[i] = append(arrived[i], time.Duration(ts-sent))
+					}
+				}
 			}
 		}()
 	}
@@ -552,6 +584,16 @@ func fanOut(conns []*wsConn, msgs int, gap time.Duration, res *holdResult) error
 	res.P50Millis = ms(all[len(all)/2])
 	res.P99Millis = ms(all[len(all)*99/100])
 	res.MaxMillis = ms(all[len(all)-1])
+	var at []time.Duration
+	for _, r := range arrived {
+		at = append(at, r...)
+	}
+	if len(at) > 0 {
+		slices.Sort(at)
+		res.SocketP50Millis = ms(at[len(at)/2])
+		res.SocketP99Millis = ms(at[len(at)*99/100])
+		res.SocketMaxMillis = ms(at[len(at)-1])
+	}
 	// Deliveries/s within one burst: subscribers over the time to the last
 	// delivery of a message, median over the messages.
 	if w := worst[len(worst)/2]; w > 0 {

