@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -221,7 +222,7 @@ func TestControlFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	f, err := ws.ReadFrame(c.br)
+	f, err := wsframe.Read(c.br, wsframe.DefaultLimit)
 	if err != nil || f.Header.OpCode != ws.OpPong || string(f.Payload) != "hi" {
 		t.Fatalf("pong: %v %+v", err, f.Header)
 	}

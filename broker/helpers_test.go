@@ -24,6 +24,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
@@ -318,7 +319,7 @@ func (w *wsClient) readClose() (ws.StatusCode, string) {
 	w.t.Helper()
 	_ = w.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
-		f, err := ws.ReadFrame(w.br)
+		f, err := wsframe.Read(w.br, wsframe.DefaultLimit)
 		if err != nil {
 			w.t.Fatalf("waiting for close: %v", err)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 )
 
 type loadgenOptions struct {
@@ -455,7 +456,7 @@ func (lg *loadgen) bad(ctx context.Context, i int) {
 func closeResult(c *wsConn, timeout time.Duration) upgradeResult {
 	_ = c.c.SetReadDeadline(time.Now().Add(min(timeout, 500*time.Millisecond)))
 	for {
-		f, err := readFrame(c.br)
+		f, err := wsframe.Read(c.br, wsframe.DefaultLimit)
 		if err != nil {
 			return "101"
 		}
@@ -643,7 +644,7 @@ func (lg *loadgen) goodSession(ctx context.Context, i int, sub string) error {
 // readLoop reads until the connection ends, answering pings and closes.
 func (lg *loadgen) readLoop(c *wsConn) error {
 	for {
-		f, err := readFrame(c.br)
+		f, err := wsframe.Read(c.br, wsframe.DefaultLimit)
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}

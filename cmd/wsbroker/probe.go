@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry/redact"
 )
 
@@ -415,7 +416,7 @@ func probeUpgraded(r *probeResult, conn net.Conn, br *bufio.Reader) {
 		return
 	}
 	for {
-		f, err := readFrame(br)
+		f, err := wsframe.Read(br, wsframe.DefaultLimit)
 		if err != nil {
 			r.Reason, r.Error = "closed_without_reason", fmt.Sprintf("read after upgrade: %v", err)
 			return
@@ -426,7 +427,7 @@ func probeUpgraded(r *probeResult, conn net.Conn, br *bufio.Reader) {
 			body := ws.NewCloseFrameBody(ws.StatusNormalClosure, "probe done")
 			_ = ws.WriteFrame(conn, ws.MaskFrame(ws.NewCloseFrame(body)))
 			_ = conn.SetReadDeadline(time.Now().Add(time.Second))
-			_, _ = readFrame(br)
+			_, _ = wsframe.Read(br, wsframe.DefaultLimit)
 			return
 		case ws.OpClose:
 			code, text := ws.ParseCloseFrameData(f.Payload)

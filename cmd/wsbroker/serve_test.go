@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 )
 
 func TestBindEnv(t *testing.T) {
@@ -81,7 +83,7 @@ func TestServeDevAndSIGTERMDrain(t *testing.T) {
 	go stop()
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
-		f, err := readFrame(conn)
+		f, err := wsframe.Read(conn, wsframe.DefaultLimit)
 		if err != nil {
 			t.Fatalf("no close frame before the connection ended: %v", err)
 		}

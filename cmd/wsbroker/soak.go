@@ -33,6 +33,7 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker/eventlog"
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 )
 
 // Bounds of a soak: it must stay a test, not become a flood.
@@ -712,7 +713,7 @@ func (s *soak) startPublishers(ctx context.Context) ([]*publisher, error) {
 		// The ack: subscribed before anyone publishes.
 		_ = c.c.SetReadDeadline(time.Now().Add(s.o.dialTimeout))
 		for {
-			f, err := readFrame(c.br)
+			f, err := wsframe.Read(c.br, wsframe.DefaultLimit)
 			if err != nil {
 				return out, fmt.Errorf("soak: publisher %d subscribe ack: %w", i, err)
 			}
@@ -733,7 +734,7 @@ func (s *soak) startPublishers(ctx context.Context) ([]*publisher, error) {
 // read counts the messages of soak until the connection ends.
 func (p *publisher) read() error {
 	for {
-		f, err := readFrame(p.c.br)
+		f, err := wsframe.Read(p.c.br, wsframe.DefaultLimit)
 		if err != nil {
 			return err
 		}

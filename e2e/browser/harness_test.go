@@ -28,6 +28,7 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/tracing"
@@ -666,7 +667,7 @@ func (f *fakeServer) handle(c net.Conn) {
 	// Hold the connection until the client drops it or the test ends;
 	// answer a close frame so that a client close is clean.
 	for {
-		fr, err := ws.ReadFrame(br)
+		fr, err := wsframe.Read(br, wsframe.DefaultLimit)
 		if err != nil {
 			return
 		}

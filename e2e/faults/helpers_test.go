@@ -31,6 +31,8 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
+
+	"github.com/wsbroker/wsbroker/internal/wsframe"
 )
 
 // bin is the wsbroker binary built by TestMain.
@@ -420,7 +422,7 @@ func (w *wsConn) send(v any) error {
 func (w *wsConn) closeCode(d time.Duration) (ws.StatusCode, error) {
 	_ = w.c.SetReadDeadline(time.Now().Add(d))
 	for {
-		f, err := ws.ReadFrame(w.br)
+		f, err := wsframe.Read(w.br, wsframe.DefaultLimit)
 		if err != nil {
 			return 0, fmt.Errorf("no close frame: %w", err)
 		}
