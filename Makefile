@@ -66,8 +66,9 @@ bench-memory: build
 	$(BIN)/wsbroker serve --jwt-hmac-secret-file $$dir/secret --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
 		--max-conns-per-subject 0 --log-level warn & pid=$$!; trap "kill $$pid" EXIT; \
 	for i in $$(seq 50); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.1; done; \
-	tok=$$($(BIN)/wsbroker token --jwt-hmac-secret-file $$dir/secret --sub bench); \
-	$(GO) run ./bench/holdconns -url ws://127.0.0.1:18080/ws -admin http://127.0.0.1:19090 -token $$tok -n $(BENCH_CONNS) -fanout $(BENCH_FANOUT)
+	$(GO) build -o $$dir/loadclient ./bench/loadclient; \
+	ulimit -n 20000; $$dir/loadclient hold -url ws://127.0.0.1:18080/ws -metrics http://127.0.0.1:19090/metrics \
+		-hmac-secret-file $$dir/secret -n $(BENCH_CONNS) -fanout $(BENCH_FANOUT)
 
 # bench-compare: wsbroker against bench/baseline (net/http + gorilla/websocket
 # + golang-jwt, two goroutines per connection), each server in its own
