@@ -7,7 +7,11 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestDataField(t *testing.T) {
 	for _, c := range []struct {

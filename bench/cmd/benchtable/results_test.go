@@ -3,7 +3,11 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestSummarize(t *testing.T) {
 	if s := summarize([]float64{3, 1, 2}); s.med != 2 || s.lo != 1 || s.hi != 3 || s.n != 3 {
