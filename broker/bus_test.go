@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // fakeBus is a Bus in memory: with history, Publish stores the message
@@ -149,7 +151,7 @@ func TestBusInterestAndLocalFirst(t *testing.T) {
 	bus.deliver("room.1", 0, []byte(`"remote"`))
 	expectMessage(t, alice.read(), 2, "remote")
 	// Local delivery comes first, the bus publish right after it: wait.
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		bus.mu.Lock()
 		defer bus.mu.Unlock()
 		if published := fmt.Sprint(bus.published); published != `[room.1 "hi"]` {
@@ -160,7 +162,7 @@ func TestBusInterestAndLocalFirst(t *testing.T) {
 	for i, c := range []*wsClient{alice, bob} {
 		c.send(map[string]any{"type": "unsubscribe", "channel": "room.1", "id": 10 + i})
 	}
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		bus.mu.Lock()
 		defer bus.mu.Unlock()
 		if n := bus.unwatches["room.1"]; n != 1 {

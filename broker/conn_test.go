@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
@@ -60,7 +61,7 @@ func TestPubSub(t *testing.T) {
 	if m["channel"] != "news" || m["offset"] != float64(1) || m["data"].(map[string]any)["text"] != "hello" {
 		t.Fatalf("message %v", m)
 	}
-	if got := counter(t, b.reg, "wsbroker_subscriptions", nil); got != 1 {
+	if got := testkit.Metric(t, b.reg, "wsbroker_subscriptions", nil); got != 1 {
 		t.Fatalf("wsbroker_subscriptions %v", got)
 	}
 	alice.send(map[string]any{"type": "unsubscribe", "channel": "news", "id": 2})
@@ -174,7 +175,7 @@ func TestSlowConsumer(t *testing.T) {
 	if received != n {
 		t.Fatalf("fast consumer got %d of %d", received, n)
 	}
-	if got := counter(t, b.reg, "wsbroker_connection_closes_total", map[string]string{"reason": "slow_consumer"}); got != 1 {
+	if got := testkit.Metric(t, b.reg, "wsbroker_connection_closes_total", map[string]string{"reason": "slow_consumer"}); got != 1 {
 		t.Fatalf("slow_consumer closes %v", got)
 	}
 }
@@ -273,10 +274,10 @@ func TestShutdownDrains(t *testing.T) {
 	if n := b.srv.Conns(); n != 0 {
 		t.Fatalf("%d connections left", n)
 	}
-	if got := counter(t, b.reg, "wsbroker_connection_closes_total", map[string]string{"reason": "server_shutdown"}); got != 5 {
+	if got := testkit.Metric(t, b.reg, "wsbroker_connection_closes_total", map[string]string{"reason": "server_shutdown"}); got != 5 {
 		t.Fatalf("server_shutdown closes %v", got)
 	}
-	if got := counter(t, b.reg, "wsbroker_connections", nil); got != 0 {
+	if got := testkit.Metric(t, b.reg, "wsbroker_connections", nil); got != 0 {
 		t.Fatalf("wsbroker_connections %v", got)
 	}
 }
@@ -385,7 +386,7 @@ func TestExpiryOrderAndCleanup(t *testing.T) {
 		t.Fatalf("%d entries in the expiry heap, want the refreshed one", n)
 	}
 	keep.c.Close()
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		b.srv.expiries.mu.Lock()
 		defer b.srv.expiries.mu.Unlock()
 		if len(b.srv.expiries.h) != 0 {
@@ -411,7 +412,7 @@ func TestLimitRaceAfterUpgrade(t *testing.T) {
 		// check and register before it goes on.
 		b := bp.Load()
 		second <- b.doHandshake(handshakeReq{headers: [][2]string{auth(hsToken(t, validClaims("bob")))}})
-		checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		testkit.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 			return wantCounter(b, "wsbroker_connections", nil, 1)
 		})
 	}})
@@ -429,10 +430,10 @@ func TestLimitRaceAfterUpgrade(t *testing.T) {
 	if e.Reason != authn.ReasonConnectionLimit || e.Status != 4429 || !strings.Contains(e.Detail, "max-conns 1 ") || e.RequestID == "" {
 		t.Fatalf("event %s %d %q %q", e.Reason, e.Status, e.Detail, e.RequestID)
 	}
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		return wantCounter(b, "wsbroker_upgrades_total", map[string]string{"result": "rejected", "reason": "connection_limit", "source": "header"}, 1)
 	})
-	if got := counter(t, b.reg, "wsbroker_connections", nil); got != 1 {
+	if got := testkit.Metric(t, b.reg, "wsbroker_connections", nil); got != 1 {
 		t.Fatalf("connections gauge %v, want 1 (the winner)", got)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -352,7 +353,7 @@ func TestRejections(t *testing.T) {
 				tt.setup(b)
 			}
 			labels := map[string]string{"result": "rejected", "reason": tt.reason.String(), "source": tt.source.String()}
-			before := counter(t, b.reg, "wsbroker_upgrades_total", labels)
+			before := testkit.Metric(t, b.reg, "wsbroker_upgrades_total", labels)
 			r := b.doHandshake(tt.req(b))
 			if r.resp.StatusCode != tt.reason.Status() {
 				t.Fatalf("status %d, want %d (body %+v)",
@@ -397,7 +398,7 @@ func TestRejections(t *testing.T) {
 				t.Fatalf("event reason %s source %s status %d, want %s %s %d",
 					e.Reason, e.Source, e.Status, tt.reason, tt.source, tt.reason.Status())
 			}
-			if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != before+1 {
+			if got := testkit.Metric(t, b.reg, "wsbroker_upgrades_total", labels); got != before+1 {
 				t.Fatalf("wsbroker_upgrades_total%v = %v, want %v",
 					labels, got, before+1)
 			}
@@ -521,7 +522,7 @@ func TestAcceptedSources(t *testing.T) {
 					e.Source, e.Subject, tt.source)
 			}
 			labels := map[string]string{"result": "accepted", "reason": "none", "source": tt.source.String()}
-			if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != 1 {
+			if got := testkit.Metric(t, b.reg, "wsbroker_upgrades_total", labels); got != 1 {
 				t.Fatalf("accepted counter %v, want 1",
 					got)
 			}
@@ -546,7 +547,7 @@ func TestHandshakeLimits(t *testing.T) {
 			t.Fatalf("status %d, want 431",
 				resp.StatusCode)
 		}
-		checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 			return wantCounter(b, "wsbroker_handshake_errors_total", map[string]string{"kind": "too_large"}, 1)
 		})
 	})
@@ -570,7 +571,7 @@ func TestHandshakeLimits(t *testing.T) {
 		if _, err := br.ReadByte(); err == nil {
 			t.Fatalf("connection still open after the 408")
 		}
-		checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 			return wantCounter(b, "wsbroker_handshake_errors_total", map[string]string{"kind": "timeout"}, 1)
 		})
 	})
@@ -608,7 +609,7 @@ func TestRejectModeClose(t *testing.T) {
 			e.Reason, e.Status, e.RequestID)
 	}
 	labels := map[string]string{"result": "rejected", "reason": "expired", "source": "subprotocol"}
-	if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != 1 {
+	if got := testkit.Metric(t, b.reg, "wsbroker_upgrades_total", labels); got != 1 {
 		t.Fatalf("counter %v",
 			got)
 	}

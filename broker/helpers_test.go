@@ -21,9 +21,9 @@ import (
 	"github.com/gobwas/ws/wsutil"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
@@ -226,43 +226,6 @@ func (b *testBroker) doHandshake(req handshakeReq) handshakeResp {
 	return out
 }
 
-// counter returns the value of a counter or gauge with exactly the labels.
-func counter(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if labelsMatch(m, labels) {
-				switch {
-				case m.Counter != nil:
-					return m.Counter.GetValue()
-				case m.Gauge != nil:
-					return m.Gauge.GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	if len(m.GetLabel()) != len(want) {
-		return false
-	}
-	for _, l := range m.GetLabel() {
-		if want[l.GetName()] != l.GetValue() {
-			return false
-		}
-	}
-	return true
-}
-
 // wsClient is a minimal client over an upgraded connection.
 type wsClient struct {
 	t  testing.TB
@@ -330,24 +293,10 @@ func (w *wsClient) readClose() (ws.StatusCode, string) {
 	}
 }
 
-// checkFor polls f until it returns nil or total passes.
-func checkFor(t testing.TB, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = f(); err == nil {
-			return
-		}
-		time.Sleep(step)
-	}
-	t.Fatalf("condition not met within %s: %v", total, err)
-}
-
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 
 func wantCounter(b *testBroker, name string, labels map[string]string, want float64) error {
-	if got := counter(b.t, b.reg, name, labels); got != want {
+	if got := testkit.Metric(b.t, b.reg, name, labels); got != want {
 		return fmt.Errorf("%s%v = %v, want %v", name, labels, got, want)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -47,8 +48,8 @@ func TestRejectionTracesCapped(t *testing.T) {
 	}
 	labels := map[string]string{"result": "rejected", "reason": "missing_token", "source": "none"}
 	// The answer is written before the event is emitted: wait for both.
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if got := counter(t, b.reg, "wsbroker_upgrades_total", labels); got != 10 {
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if got := testkit.Metric(t, b.reg, "wsbroker_upgrades_total", labels); got != 10 {
 			return fmt.Errorf("counted %v rejections, want 10", got)
 		}
 		tr.mu.Lock()

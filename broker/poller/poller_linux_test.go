@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 func sysfd(t testing.TB, c net.Conn) int {
@@ -154,7 +156,7 @@ func TestCloseWithoutRemoveInHandler(t *testing.T) {
 	}
 	fd := d.fd
 	write(t, client, []byte{1})
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		if d.state.Load() != stateRemoved {
 			return fmt.Errorf(
 				"state = %d; want removed (%d)",

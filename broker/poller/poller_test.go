@@ -14,28 +14,12 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// checkFor calls f every step until it returns nil, and fails the test with
-// f's last error if that does not happen within total.
-func checkFor(t testing.TB, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	err := f()
-	for err != nil && time.Now().Before(deadline) {
-		time.Sleep(step)
-		err = f()
-	}
-	if err != nil {
-		t.Fatalf(
-			"condition not met after %v: %v",
-			total, err,
-		)
-	}
 }
 
 const (
@@ -339,7 +323,7 @@ func TestReadable(t *testing.T) {
 				)
 			}
 			write(t, client, test.payload)
-			checkFor(t, waitTotal, waitStep, func() error {
+			testkit.CheckFor(t, waitTotal, waitStep, func() error {
 				return c.equal(test.payload)
 			})
 			ev := Event(c.evs.Load())
@@ -387,7 +371,7 @@ func TestOneShot(t *testing.T) {
 		)
 	}
 	write(t, client, make([]byte, size))
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		n := read.Load()
 		if n != size {
 			return fmt.Errorf(
@@ -430,7 +414,7 @@ func TestRearmFalseAndResume(t *testing.T) {
 	}
 	// Two bytes, one read per call: a re-armed socket would fire again.
 	write(t, client, []byte("ab"))
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		return c.equal([]byte("a"))
 	})
 	write(t, client, []byte("c"))
@@ -450,7 +434,7 @@ func TestRearmFalseAndResume(t *testing.T) {
 			err,
 		)
 	}
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		return c.equal([]byte("abc"))
 	})
 	err = p.Resume(d)
@@ -613,7 +597,7 @@ func TestRemove(t *testing.T) {
 				err = p.Remove(d)
 			case test.fromHandler:
 				write(t, client, []byte{1})
-				checkFor(t, waitTotal, waitStep, func() error {
+				testkit.CheckFor(t, waitTotal, waitStep, func() error {
 					if d.state.Load() != stateRemoved {
 						return errors.New("Desc not removed by its handler")
 					}
@@ -713,7 +697,7 @@ func TestClose(t *testing.T) {
 			write(t, client, []byte{1})
 		}
 		<-entered
-		checkFor(t, waitTotal, waitStep, func() error {
+		testkit.CheckFor(t, waitTotal, waitStep, func() error {
 			if len(p.tasks) != cap(p.tasks) {
 				return fmt.Errorf(
 					"queue holds %d of %d",
@@ -823,7 +807,7 @@ func TestIdleConnsHoldNoGoroutines(t *testing.T) {
 	for _, c := range clients {
 		write(t, c, []byte{1})
 	}
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		n := read.Load()
 		if n != conns {
 			return fmt.Errorf(
@@ -881,7 +865,7 @@ func TestBackpressure(t *testing.T) {
 		want[d] = msg
 		write(t, client, msg)
 	}
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		if len(p.tasks) != cap(p.tasks) {
 			return fmt.Errorf(
 				"queue holds %d of %d",
@@ -891,7 +875,7 @@ func TestBackpressure(t *testing.T) {
 		return nil
 	})
 	close(release)
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		for d, w := range want {
@@ -949,7 +933,7 @@ func TestAddBlocking(t *testing.T) {
 		)
 	}
 	// Parked: the goroutine is gone.
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		n := runtime.NumGoroutine() - base
 		if n > 0 {
 			return fmt.Errorf(
@@ -989,7 +973,7 @@ func TestAddBlocking(t *testing.T) {
 			b,
 		)
 	}
-	checkFor(t, waitTotal, waitStep, func() error {
+	testkit.CheckFor(t, waitTotal, waitStep, func() error {
 		n := runtime.NumGoroutine() - base
 		if n > 0 {
 			return fmt.Errorf(

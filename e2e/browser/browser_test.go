@@ -15,6 +15,7 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -85,7 +86,7 @@ func TestBrowserTransports(t *testing.T) {
 			id := fmt.Sprintf("t%d", i)
 			channel := fmt.Sprintf("news-%d", i)
 			p.call(nil, "startRaw", id, b.url(query), tt.protocols(tok), channel)
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				r := p.raw(id)
 				if r.Closed {
 					return fmt.Errorf("closed with %d %q before subscribing", r.Code, r.Reason)
@@ -96,7 +97,7 @@ func TestBrowserTransports(t *testing.T) {
 				return nil
 			})
 			b.publish(channel, map[string]any{"form": tt.name})
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				for _, m := range p.raw(id).Messages {
 					d, _ := m["data"].(map[string]any)
 					if m["type"] == "message" && m["channel"] == channel && d["form"] == tt.name {
@@ -205,7 +206,7 @@ func TestBrowserRejections(t *testing.T) {
 			id := fmt.Sprintf("r%d", i)
 			p.call(nil, "startRaw", id, b.url(tt.query), tt.protocols, "")
 			var r rawRun
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				if r = p.raw(id); !r.Closed {
 					return fmt.Errorf("still open: %+v", r)
 				}
@@ -266,7 +267,7 @@ func TestBrowserDetectsBadServers(t *testing.T) {
 			id := fmt.Sprintf("f%d", i)
 			p.call(nil, "startRaw", id, f.url(), []string{authn.Protocol, "bearer." + tok}, "")
 			var r rawRun
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				r = p.raw(id)
 				switch {
 				case r.Closed:
@@ -296,7 +297,7 @@ func TestBrowserDetectsBadServers(t *testing.T) {
 				"url":    f.url(),
 				"tokens": []string{tok},
 			})
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				c := p.client("c" + id)
 				if c.Failed == nil || c.Failed.Reason != "protocol_mismatch" || c.lastState().State != "closed" {
 					return fmt.Errorf("client did not refuse the server: %+v", c)
@@ -351,7 +352,7 @@ func TestIncidentQueryTokenWhileQueryDisabled(t *testing.T) {
 			id := fmt.Sprintf("i%d", i)
 			p.call(nil, "startRaw", id, b.url("access_token="+tok), []string{authn.Protocol}, "")
 			var r rawRun
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				if r = p.raw(id); !r.Closed {
 					return fmt.Errorf("still open: %+v", r)
 				}
@@ -364,7 +365,7 @@ func TestIncidentQueryTokenWhileQueryDisabled(t *testing.T) {
 			b.waitUpgrades("rejected", "source_disabled", "query", 1)
 
 			var ev event.Event
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				evs := b.events.find(event.TypeUpgradeRejected)
 				if len(evs) != 1 {
 					return fmt.Errorf("%d rejection events, want 1", len(evs))
@@ -395,7 +396,7 @@ func TestIncidentQueryTokenWhileQueryDisabled(t *testing.T) {
 				t.Fatal(err)
 			}
 			var upgrade sdktrace.ReadOnlySpan
-			checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 				if err := b.tp.ForceFlush(context.Background()); err != nil {
 					return err
 				}
@@ -586,7 +587,7 @@ func TestBrowserClient(t *testing.T) {
 			}
 			return nil
 		})
-		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 			if n := len(b.events.find(event.TypeTokenRefreshed)); n == 0 {
 				return fmt.Errorf("no token.refreshed event")
 			}
@@ -645,8 +646,8 @@ func TestBrowserClientReconnects(t *testing.T) {
 		return nil
 	})
 	b2 := newTestBroker(t, brokerOpts{addr: b1.addr})
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		if n := counterValue(t, b2.reg, "wsbroker_subscriptions", map[string]string{}); n != 1 {
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := testkit.Metric(t, b2.reg, "wsbroker_subscriptions", map[string]string{}); n != 1 {
 			return fmt.Errorf("%v subscriptions on the new broker, want 1", n)
 		}
 		return nil
@@ -788,7 +789,7 @@ func deref(p *float64) any {
 func waitClient(t *testing.T, p *page, id string, ok func(clientRun) error) clientRun {
 	t.Helper()
 	var c clientRun
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		c = p.client(id)
 		return ok(c)
 	})

@@ -23,11 +23,11 @@ import (
 	"github.com/gobwas/ws/wsutil"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/internal/wsframe"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
@@ -94,7 +94,7 @@ func newTab(t *testing.T, bctx context.Context, pageURL string) *page {
 			pageURL, err)
 	}
 	p := &page{t: t, ctx: ctx}
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.ready === true`))
 		if err != nil || !ok {
 			return fmt.Errorf("page script not ready (%v)", err)
@@ -423,7 +423,7 @@ func (b *testBroker) url(query string) string {
 
 // upgrades reads wsbroker_upgrades_total{result,reason,source}.
 func (b *testBroker) upgrades(result, reason, source string) float64 {
-	return counterValue(b.t, b.reg, "wsbroker_upgrades_total", map[string]string{
+	return testkit.Metric(b.t, b.reg, "wsbroker_upgrades_total", map[string]string{
 		"result": result,
 		"reason": reason,
 		"source": source,
@@ -434,7 +434,7 @@ func (b *testBroker) upgrades(result, reason, source string) float64 {
 // after it has answered, so the page may see the outcome first.
 func (b *testBroker) waitUpgrades(result, reason, source string, want float64) {
 	b.t.Helper()
-	checkFor(b.t, 5*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(b.t, 5*time.Second, 10*time.Millisecond, func() error {
 		if got := b.upgrades(result, reason, source); got != want {
 			return fmt.Errorf("wsbroker_upgrades_total{result=%q,reason=%q,source=%q} = %v, want %v", result, reason, source, got, want)
 		}
@@ -531,62 +531,6 @@ func newToken(t testing.TB, sub string, ttl time.Duration) string {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// counterValue reads a counter or gauge with exactly the labels.
-func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m, labels) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			}
-		}
-	}
-	return 0
-}
-
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	if len(m.GetLabel()) != len(want) {
-		return false
-	}
-	for _, l := range m.GetLabel() {
-		if want[l.GetName()] != l.GetValue() {
-			return false
-		}
-	}
-	return true
-}
-
-// checkFor polls f until it returns nil or total passes.
-func checkFor(t testing.TB, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(step)
-	}
-	t.Fatalf("condition not met within %s: %v",
-		total, err)
 }
 
 // fakeServer is a raw TCP server that completes WebSocket handshakes the

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // BenchmarkFanout publishes b.N messages from one client on node 0 to
@@ -177,7 +179,7 @@ func runFanout(b *testing.B, nodes []*node, subsPerNode, window int) {
 	// Interest crosses the NATS routes asynchronously: probe until every
 	// subscriber has seen a probe.
 	sent := 0
-	checkFor(b, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(b, 30*time.Second, 50*time.Millisecond, func() error {
 		sent++
 		send(benchMsg{Probe: sent})
 		if n := probed.Load(); n < int64(len(subs)) {
@@ -185,7 +187,7 @@ func runFanout(b *testing.B, nodes []*node, subsPerNode, window int) {
 		}
 		return nil
 	})
-	checkFor(b, 30*time.Second, time.Millisecond, func() error {
+	testkit.CheckFor(b, 30*time.Second, time.Millisecond, func() error {
 		if n := acked.Load(); n < int64(sent) {
 			return fmt.Errorf("%d of %d probes acked", n, sent)
 		}

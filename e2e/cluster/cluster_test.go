@@ -8,6 +8,8 @@ import (
 
 	"testing"
 	"time"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // exchange has every client publish one message and checks that every
@@ -59,7 +61,7 @@ func exchange(t *testing.T, channel string, clients []*client, history bool) {
 // has crossed, the path between the nodes is up.
 func crossed(t *testing.T, channel string, from, to *client) {
 	t.Helper()
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		from.publish(channel, "probe")
 		if _, err := to.nextMessage(500 * time.Millisecond); err != nil {
 			return fmt.Errorf("no probe crossed: %w", err)
@@ -200,7 +202,7 @@ func TestClusterHistory(t *testing.T) {
 		c.subscribe("room.5", nil)
 		// Both survivors' projections are live (the stopped NATS server
 		// may have held their consumers).
-		checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		testkit.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 			for _, n := range []*node{nodes[0], nodes[2]} {
 				if n.openConns(victim.name) == 0 {
 					return fmt.Errorf("the victim's connection is not in %s's presence yet", n.name)
@@ -213,7 +215,7 @@ func TestClusterHistory(t *testing.T) {
 		// The lease lapses at most one lease after the last renewal; a
 		// survivor reaps at its next tick (lease/3).
 		var storedAt time.Duration
-		checkFor(t, lease+lease/3+2*time.Second, 20*time.Millisecond, func() error {
+		testkit.CheckFor(t, lease+lease/3+2*time.Second, 20*time.Millisecond, func() error {
 			if storedAt == 0 {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				info, err := nodes[0].log.Stream().Info(ctx, jetstream.WithSubjectFilter("wsbroker.events."+victim.name+".node_stopped"))

@@ -33,6 +33,7 @@ import (
 	"github.com/wsbroker/wsbroker/broker"
 	"github.com/wsbroker/wsbroker/broker/cluster"
 	"github.com/wsbroker/wsbroker/broker/eventlog"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
@@ -43,44 +44,6 @@ func TestMain(m *testing.M) {
 
 var testSecret = []byte("e2e-cluster-secret-0123456789abcdef-0123456789")
 
-// checkFor polls f every step until it returns nil or total passes, then
-// fails with f's last error.
-func checkFor(t testing.TB, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v",
-				total, err)
-		}
-		time.Sleep(step)
-	}
-}
-
-// freePorts returns n loopback ports free at the time of the call.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var lns []net.Listener
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("free port: %v",
-				err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
-}
-
 // natsCluster is a three-server NATS cluster with JetStream.
 type natsCluster struct {
 	servers []*server.Server
@@ -89,8 +52,8 @@ type natsCluster struct {
 
 func startNATSCluster(t testing.TB, n int) *natsCluster {
 	t.Helper()
-	client := freePorts(t, n)
-	routes := freePorts(t, n)
+	client := testkit.FreePorts(t, n)
+	routes := testkit.FreePorts(t, n)
 	var routeURLs []*url.URL
 	for _, p := range routes {
 		routeURLs = append(routeURLs, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(p)})
@@ -145,7 +108,7 @@ func startNATSCluster(t testing.TB, n int) *natsCluster {
 		t.Fatalf("jetstream: %v",
 			err)
 	}
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe.>"}, Replicas: 3}); err != nil {

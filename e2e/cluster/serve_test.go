@@ -2,7 +2,6 @@ package clustere2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,34 +12,17 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
-
-// syncBuffer collects process output; safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // serveProc is a running `wsbroker serve`.
 type serveProc struct {
 	cmd       *exec.Cmd
-	stderr    *syncBuffer
+	stderr    *testkit.SyncBuffer
 	done      chan struct{}
 	ws, admin string
 }
@@ -62,7 +44,7 @@ func buildWsbroker(t *testing.T) string {
 
 func startServe(t *testing.T, bin string, args ...string) *serveProc {
 	t.Helper()
-	p := &serveProc{stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &serveProc{stderr: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{
 		"serve",
 		"--listen", "127.0.0.1:0",
@@ -88,7 +70,7 @@ func startServe(t *testing.T, bin string, args ...string) *serveProc {
 		close(p.done)
 	}()
 	t.Cleanup(func() { p.stop(syscall.SIGTERM) })
-	checkFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
 		select {
 		case <-p.done:
 			return fmt.Errorf("wsbroker serve exited: %s", p.stderr.String())
@@ -186,7 +168,7 @@ func TestServeCluster(t *testing.T) {
 	}
 	exchange(t, "room.1", clients, true)
 	for i, p := range procs {
-		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		testkit.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 			n, err := p.presence()
 			if err != nil {
 				return err
@@ -199,7 +181,7 @@ func TestServeCluster(t *testing.T) {
 	}
 	procs[1].stop(syscall.SIGKILL)
 	killed := time.Now()
-	checkFor(t, lease+lease/3+3*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, lease+lease/3+3*time.Second, 20*time.Millisecond, func() error {
 		for _, i := range []int{0, 2} {
 			n, err := procs[i].presence()
 			if err != nil {

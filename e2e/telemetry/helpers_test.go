@@ -29,6 +29,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -110,30 +112,12 @@ func writeSecret(t testing.TB) string {
 	return path
 }
 
-// syncBuffer collects process output; safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // process is a running child process whose output is captured.
 type process struct {
 	name   string
 	cmd    *exec.Cmd
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *testkit.SyncBuffer
+	stderr *testkit.SyncBuffer
 	done   chan struct{}
 	once   sync.Once
 	err    error
@@ -144,7 +128,7 @@ type process struct {
 // default --data-dir is relative), and stops it at the end of the test.
 func startProcess(t testing.TB, name, bin string, args, env []string) *process {
 	t.Helper()
-	p := &process{name: name, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{name: name, stdout: &testkit.SyncBuffer{}, stderr: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(cleanEnv(os.Environ()), env...)
 	p.cmd.Dir = t.TempDir()
@@ -242,7 +226,7 @@ func startBroker(t testing.TB, flags, env []string) *brokerProc {
 	}
 	p := startProcess(t, "wsbroker serve", wsbrokerBin(t), append(args, flags...), env)
 	b := &brokerProc{process: p}
-	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if p.exited() {
 			return fmt.Errorf("broker exited (%v): %s", p.err, p.stderr.String())
 		}
@@ -280,25 +264,6 @@ func otelEnv(endpoint string) []string {
 		"OTEL_EXPORTER_OTLP_ENDPOINT=" + endpoint,
 		"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
 		"OTEL_BSP_SCHEDULE_DELAY=100",
-	}
-}
-
-// checkFor polls f every step until it returns nil, failing the test with
-// f's last error after total.
-func checkFor(t testing.TB, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v",
-				total, err)
-		}
-		timer := time.NewTimer(step)
-		<-timer.C
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // TestLoadgen runs `wsbroker loadgen` for a bounded time against brokers in
@@ -61,7 +62,7 @@ func TestLoadgen(t *testing.T) {
 				"--json",
 			}, tt.loadFlags...)
 			lg := startProcess(t, "wsbroker loadgen", wsbrokerBin(t), args, nil)
-			checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+			testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 				if !lg.exited() {
 					return errors.New("loadgen still running after its --duration")
 				}
@@ -128,7 +129,7 @@ func TestLoadgenTextSummary(t *testing.T) {
 		"--bad-per-reason", "1",
 		"--duration", "500ms",
 	}, nil)
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if !lg.exited() {
 			return errors.New("loadgen still running after its --duration")
 		}
@@ -157,7 +158,7 @@ func TestLoadgenTextSummary(t *testing.T) {
 		"--url", "ws://" + b.ws + "/ws",
 		"--duration", "100ms",
 	}, nil)
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if !bad.exited() {
 			return errors.New("loadgen without a secret still running")
 		}

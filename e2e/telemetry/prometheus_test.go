@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/wsbroker/wsbroker/dashboards"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/tracing/jaegertest"
 )
 
@@ -103,7 +103,7 @@ scrape_configs:
 		t.Fatalf("promtool check config: %v\n%s",
 			err, out)
 	}
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	p := startProcess(t, "prometheus", prometheusBin, []string{
 		"--config.file=" + cfgPath,
 		"--storage.tsdb.path=" + filepath.Join(dir, "data"),
@@ -112,7 +112,7 @@ scrape_configs:
 	}, nil)
 	pr := &prom{process: p, url: "http://127.0.0.1:" + strconv.Itoa(port)}
 	pr.client = &promClient{base: pr.url, http: newHTTPClient(t)}
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if p.exited() {
 			return fmt.Errorf("prometheus exited (%v): %s", p.err, tail(p.stderr.String(), 2000))
 		}
@@ -120,18 +120,6 @@ scrape_configs:
 		return err
 	})
 	return pr
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("reserve a port: %v",
-			err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // TestPrometheus runs the broker (tracing to Jaeger, every trace kept) and
@@ -158,7 +146,7 @@ func TestPrometheus(t *testing.T) {
 	}, nil)
 
 	t.Run("upgrades per reason", func(t *testing.T) {
-		checkFor(t, 30*time.Second, 250*time.Millisecond, func() error {
+		testkit.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
 			res, err := pr.client.query(t.Context(), `sum by (result, reason) (wsbroker_upgrades_total{job="wsbroker"}) > 0`)
 			if err != nil {
 				return err
@@ -186,7 +174,7 @@ func TestPrometheus(t *testing.T) {
 
 	t.Run("exemplars open traces in Jaeger", func(t *testing.T) {
 		var last []string
-		checkFor(t, 30*time.Second, 250*time.Millisecond, func() error {
+		testkit.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
 			ids, err := pr.client.exemplarTraceIDs(t.Context(), "wsbroker_upgrade_duration_seconds_bucket", start.Add(-time.Minute), time.Now().Add(time.Minute))
 			if err != nil {
 				return err
@@ -286,7 +274,7 @@ func checkDashboards(t *testing.T, c *promClient) {
 		t.Fatalf("dashboards.Expressions returned nothing")
 	}
 	var bySelectors []string
-	checkFor(t, 40*time.Second, 500*time.Millisecond, func() error {
+	testkit.CheckFor(t, 40*time.Second, 500*time.Millisecond, func() error {
 		var failed []string
 		bySelectors = bySelectors[:0]
 		for _, e := range exprs {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/tracing/jaegertest"
 )
 
@@ -147,7 +148,7 @@ func TestNoTokenLeaks(t *testing.T) {
 	// Every upgrade is a kept trace: wait for all of them.
 	client := newHTTPClient(t)
 	var traces []jaegertest.Trace
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		var err error
 		traces, err = j.Traces(t.Context(), "wsbroker")
 		if err != nil {
