@@ -1,6 +1,14 @@
 package broker
 
-import "context"
+import (
+	"context"
+	"errors"
+)
+
+// ErrBusUnavailable is wrapped by a Bus's errors when the bus cannot reach
+// its transport now (NATS unreachable, its history stream not set up yet):
+// the client is told so and publishes again later.
+var ErrBusUnavailable = errors.New("bus unavailable")
 
 // Bus carries channel messages between broker nodes (package
 // broker/cluster implements it over NATS). A nil Bus keeps every channel

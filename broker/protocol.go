@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 
 	"github.com/wsbroker/wsbroker/authn"
@@ -108,7 +109,7 @@ func (s *Server) handleMessage(c *Conn, p []byte) {
 		cancel()
 		if err != nil {
 			s.log.Warn("history publish failed", "err", err)
-			c.sendError(m.ID, codeUnavailable, "unavailable", "the message was not stored in the channel history; publish again")
+			c.sendError(m.ID, codeUnavailable, "unavailable", publishFailure(err))
 			return
 		}
 		c.sendAck(m.ID, `,"offset":`+strconv.FormatUint(off, 10))
@@ -118,6 +119,18 @@ func (s *Server) handleMessage(c *Conn, p []byte) {
 		s.metrics.Dropped(telemetry.DropInvalid)
 		c.sendError(m.ID, codeBadRequest, "bad_request", "unknown type "+strconv.Quote(m.Type)+" (want subscribe, unsubscribe, publish or refresh)")
 	}
+}
+
+// publishFailure tells the client why a history publish failed, without
+// the server-side detail (addresses) of err.
+func publishFailure(err error) string {
+	switch {
+	case errors.Is(err, ErrBusUnavailable):
+		return "the channel history is unavailable on this node (NATS unreachable); the message was not stored or delivered; publish again later"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the channel history did not confirm the message in time; it may have been stored; publish again (a duplicate is possible)"
+	}
+	return "the message was not stored in the channel history; publish again"
 }
 
 // recover answers a subscribe with since on a history channel: the ack

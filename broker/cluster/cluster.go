@@ -21,16 +21,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/broker/natsconn"
 	"github.com/wsbroker/wsbroker/telemetry/event"
+	"github.com/wsbroker/wsbroker/telemetry/redact"
 )
 
 // Names of the cluster's NATS resources.
@@ -99,8 +103,13 @@ type Cluster struct {
 	log  *slog.Logger
 	nc   *nats.Conn
 	js   jetstream.JetStream
-	hist jetstream.Stream
-	kv   jetstream.KeyValue
+	urls string // redacted, for messages
+	// res is nil until the history stream and the nodes bucket are set up:
+	// at Open, or in the background when NATS was unreachable at Open.
+	res atomic.Pointer[resources]
+	// ctx ends the background setup and renewals at Close.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	deliver func(channel string, offset uint64, data []byte)
 	inbox   chan *nats.Msg
@@ -114,6 +123,12 @@ type Cluster struct {
 	wg        sync.WaitGroup
 }
 
+// resources are the cluster's JetStream resources.
+type resources struct {
+	hist jetstream.Stream // nil without history
+	kv   jetstream.KeyValue
+}
+
 // watch is this node's subscription to one channel's subject.
 type watch struct {
 	channel string
@@ -125,16 +140,25 @@ type watch struct {
 }
 
 // NATSOptions returns the options of a credentials file and a CA file (both
-// optional), for the cluster and the event log alike.
-func NATSOptions(creds, tlsCA string) []nats.Option {
+// optional), for the cluster and the event log alike. Both files are read
+// now: an unreadable one is configuration, reported at start even when no
+// NATS server answers yet (the client would read the credentials only once
+// one does).
+func NATSOptions(creds, tlsCA string) ([]nats.Option, error) {
 	var o []nats.Option
 	if creds != "" {
+		if err := natsconn.CheckCreds(creds); err != nil {
+			return nil, err
+		}
 		o = append(o, nats.UserCredentials(creds))
 	}
 	if tlsCA != "" {
+		if _, err := os.Stat(tlsCA); err != nil {
+			return nil, fmt.Errorf("nats-tls-ca: %w", err)
+		}
 		o = append(o, nats.RootCAs(tlsCA))
 	}
-	return o
+	return o, nil
 }
 
 // Open connects to the cluster, creates or updates the history stream (when
@@ -179,7 +203,8 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	urls := strings.Join(cfg.NATSURLs, ",")
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.urls = natsconn.URLs(cfg.NATSURLs)
 	opts := append([]nats.Option{
 		nats.Name("wsbroker-cluster-" + cfg.Node),
 		nats.MaxReconnects(-1),
@@ -188,14 +213,16 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 			c.log.Warn("cluster: nats", "err", err)
 		}),
 	}, cfg.Options...)
-	nc, err := nats.Connect(urls, opts...)
+	nc, down, err := natsconn.Connect(cfg.NATSURLs, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: nats-url %q: %w", urls, err)
+		c.cancel()
+		return nil, fmt.Errorf("cluster: nats-url %q: %w", c.urls, err)
 	}
 	c.nc = nc
 	ok := false
 	defer func() {
 		if !ok {
+			c.cancel()
 			nc.Close()
 		}
 	}()
@@ -203,12 +230,39 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: jetstream: %w", err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	if down == nil {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := c.setup(sctx)
+		cancel()
+		if err != nil && !natsconn.Unreachable(err) {
+			return nil, err
+		}
+		down = err
+	}
+	if down != nil {
+		// Serve local subscribers now; channel watches made meanwhile are
+		// buffered by the connection and sent when NATS answers, and the
+		// history stream, the bucket and the lease are set up then.
+		c.log.Warn("cluster: NATS unreachable; channels are local to this node until it answers; will retry",
+			"nats_url", c.urls, "err", redact.Userinfo(down.Error()))
+	}
+	c.wg.Add(2)
+	go c.dispatch()
+	go c.background()
+	ok = true
+	return c, nil
+}
+
+// setup creates or updates the history stream (with history) and the nodes
+// bucket, and puts this node's lease.
+func (c *Cluster) setup(ctx context.Context) error {
+	cfg := c.cfg
+	r := &resources{}
+	var err error
 	if cfg.HistoryMessages > 0 {
 		// One message more than asked is kept: the oldest kept message
 		// anchors the recovery check (see Recover).
-		c.hist, err = c.js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{
+		r.hist, err = c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 			Name:              HistoryStream,
 			Description:       "wsbroker channel history for since recovery, docs/cluster.md",
 			Subjects:          []string{HistPrefix + ">"},
@@ -220,12 +274,15 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 			Storage:           jetstream.FileStorage,
 			RePublish:         &jetstream.RePublish{Source: HistPrefix + ">", Destination: MsgPrefix + ">"},
 		})
+		if natsconn.NoJetStream(err) {
+			return fmt.Errorf("cluster: nats-url %q: JetStream is not enabled there (history-messages needs it: nats-server -js): %w", c.urls, err)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("cluster: create stream %s (history-messages %d, history-age %s, stream-replicas %d): %w",
+			return fmt.Errorf("cluster: create stream %s (history-messages %d, history-age %s, stream-replicas %d): %w",
 				HistoryStream, cfg.HistoryMessages, cfg.HistoryAge, cfg.Replicas, err)
 		}
 	}
-	c.kv, err = c.js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
+	r.kv, err = c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      NodesBucket,
 		Description: "wsbroker node leases, docs/cluster.md",
 		TTL:         cfg.Lease,
@@ -233,18 +290,73 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 		Replicas:    cfg.Replicas,
 		Storage:     jetstream.FileStorage,
 	})
+	if natsconn.NoJetStream(err) {
+		return fmt.Errorf("cluster: nats-url %q: JetStream is not enabled there (the node leases need it: nats-server -js): %w", c.urls, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("cluster: key-value bucket %s (node-lease %s, stream-replicas %d): %w",
+		return fmt.Errorf("cluster: key-value bucket %s (node-lease %s, stream-replicas %d): %w",
 			NodesBucket, cfg.Lease, cfg.Replicas, err)
 	}
-	if err := c.renew(sctx); err != nil {
-		return nil, err
+	if err := c.renew(ctx, r.kv); err != nil {
+		return err
 	}
-	c.wg.Add(2)
-	go c.dispatch()
-	go c.heartbeat()
-	ok = true
-	return c, nil
+	c.res.Store(r)
+	return nil
+}
+
+// background sets the cluster up once NATS answers, if it was not at
+// Open (retrying with backoff until Close), then renews the lease.
+func (c *Cluster) background() {
+	defer c.wg.Done()
+	if c.res.Load() == nil {
+		if !c.await() {
+			return
+		}
+		c.log.Info("cluster: NATS connected; channels cross nodes again, lease put", "nats_url", c.urls,
+			"history", c.History())
+	}
+	c.heartbeat()
+}
+
+// await retries setup until it succeeds (true) or the cluster closes.
+func (c *Cluster) await() bool {
+	backoff := 250 * time.Millisecond
+	for {
+		select {
+		case <-c.stop:
+			return false
+		case <-time.After(backoff):
+		}
+		if !c.nc.IsConnected() {
+			backoff = 250 * time.Millisecond
+			continue
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+		err := c.setup(ctx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if c.ctx.Err() != nil {
+			return false
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		c.log.Warn("cluster: NATS connected but not set up yet; retrying", "nats_url", c.urls,
+			"err", redact.Userinfo(err.Error()), "backoff", backoff.String())
+	}
+}
+
+// Ready reports whether the cluster is set up: NATS answered, the history
+// stream and the nodes bucket exist and the lease was put.
+func (c *Cluster) Ready() bool { return c.res.Load() != nil }
+
+// unavailable is the error of an operation that needs what NATS was to set
+// up, or a connection it does not have now.
+func (c *Cluster) unavailable(what string) error {
+	if c.nc.IsConnected() {
+		return fmt.Errorf("cluster: %s: not set up yet on NATS at %s: %w", what, c.urls, broker.ErrBusUnavailable)
+	}
+	return fmt.Errorf("cluster: %s: NATS unreachable at %s: %w", what, c.urls, broker.ErrBusUnavailable)
 }
 
 // Close stops renewing the lease and leaves NATS. The lease is not deleted:
@@ -253,14 +365,24 @@ func Open(ctx context.Context, cfg Config) (*Cluster, error) {
 func (c *Cluster) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.stop)
+		c.cancel()
 		c.nc.Close()
 		c.wg.Wait()
 	})
 	return nil
 }
 
-// History reports whether channels keep history.
-func (c *Cluster) History() bool { return c.hist != nil }
+// History reports whether channels keep history (configured: also while
+// the history stream is not set up yet).
+func (c *Cluster) History() bool { return c.cfg.HistoryMessages > 0 }
+
+// hist returns the history stream, nil without history or until set up.
+func (c *Cluster) hist() jetstream.Stream {
+	if r := c.res.Load(); r != nil {
+		return r.hist
+	}
+	return nil
+}
 
 // Conn returns the NATS connection.
 func (c *Cluster) Conn() *nats.Conn { return c.nc }
@@ -315,6 +437,12 @@ func (c *Cluster) Sync(ctx context.Context, channel string) error {
 	if w.sub == nil {
 		return fmt.Errorf("cluster: no subscription to %q", channel)
 	}
+	// Without NATS the watch takes effect when it answers (the connection
+	// sends its subscriptions then); don't spend the subscriber's wait on
+	// it, and sync again on the next subscribe.
+	if !c.nc.IsConnected() || c.History() && c.hist() == nil {
+		return c.unavailable("subscription to " + strconv.Quote(channel))
+	}
 	var err error
 	w.once.Do(func() {
 		defer close(w.synced)
@@ -322,16 +450,17 @@ func (c *Cluster) Sync(ctx context.Context, channel string) error {
 			err = fmt.Errorf("cluster: flush subscription of %q: %w", channel, err)
 			return
 		}
-		if c.hist == nil {
+		hist := c.hist()
+		if hist == nil {
 			return
 		}
 		var last uint64
-		m, gerr := c.hist.GetLastMsgForSubject(ctx, HistPrefix+Token(channel))
+		m, gerr := hist.GetLastMsgForSubject(ctx, HistPrefix+Token(channel))
 		switch {
 		case gerr == nil:
 			last = m.Sequence
 		case errors.Is(gerr, jetstream.ErrMsgNotFound):
-			info, ierr := c.hist.Info(ctx)
+			info, ierr := hist.Info(ctx)
 			if ierr != nil {
 				err = fmt.Errorf("cluster: history of %q: %w", channel, ierr)
 				return
@@ -363,12 +492,17 @@ func (c *Cluster) Sync(ctx context.Context, channel string) error {
 // for the stream's ack and returns the stored sequence.
 func (c *Cluster) Publish(ctx context.Context, channel string, data []byte) (uint64, error) {
 	m := &nats.Msg{Header: nats.Header{OriginHeader: []string{c.cfg.Node}}, Data: data}
-	if c.hist == nil {
+	if !c.History() {
 		m.Subject = MsgPrefix + Token(channel)
 		if err := c.nc.PublishMsg(m); err != nil {
 			return 0, fmt.Errorf("cluster: publish to %q: %w", channel, err)
 		}
 		return 0, nil
+	}
+	// Not connected: fail now rather than buffer a message the client is
+	// told was not stored and publishes again.
+	if c.hist() == nil || !c.nc.IsConnected() {
+		return 0, c.unavailable("store in " + HistoryStream + " of " + strconv.Quote(channel))
 	}
 	m.Subject = HistPrefix + Token(channel)
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
@@ -387,8 +521,12 @@ func (c *Cluster) Publish(ctx context.Context, channel string, data []byte) (uin
 // that some may be lost and recovered is false (conservative: also when
 // since was dropped but nothing after it was).
 func (c *Cluster) Recover(ctx context.Context, channel string, since uint64) ([]broker.BusMessage, bool, error) {
-	if c.hist == nil {
+	if !c.History() {
 		return nil, false, nil
+	}
+	hist := c.hist()
+	if hist == nil {
+		return nil, false, c.unavailable("history of " + strconv.Quote(channel))
 	}
 	subj := HistPrefix + Token(channel)
 	var out []broker.BusMessage
@@ -399,7 +537,7 @@ func (c *Cluster) Recover(ctx context.Context, channel string, since uint64) ([]
 	}
 	first := true
 	for {
-		m, err := c.hist.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		m, err := hist.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
@@ -421,11 +559,11 @@ func (c *Cluster) Recover(ctx context.Context, channel string, since uint64) ([]
 		// Nothing kept at or after since. A kept message older than since
 		// means nothing after since was dropped (retention drops oldest
 		// first); so does since being the stream's last sequence or more.
-		info, err := c.hist.Info(ctx)
+		info, err := hist.Info(ctx)
 		if err != nil {
 			return nil, false, fmt.Errorf("cluster: history of %q: %w", channel, err)
 		}
-		_, err = c.hist.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+		_, err = hist.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
 		recovered = since >= info.State.LastSeq || err == nil
 	}
 	return out, recovered, nil
@@ -458,7 +596,7 @@ func (c *Cluster) handle(m *nats.Msg) {
 	if w == nil || w.sub != m.Sub || deliver == nil {
 		return // unwatched since
 	}
-	if c.hist == nil {
+	if !c.History() {
 		if m.Header.Get(OriginHeader) == c.cfg.Node {
 			return // delivered locally already
 		}
@@ -491,10 +629,14 @@ const lastSeqHeader = "Nats-Last-Sequence"
 func (c *Cluster) fill(w *watch, channel string, last, seq uint64, deliver func(string, uint64, []byte)) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PublishTimeout)
 	defer cancel()
+	hist := c.hist()
+	if hist == nil {
+		return
+	}
 	subj := HistPrefix + Token(channel)
 	next := last + 1
 	for next < seq {
-		m, err := c.hist.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subj))
+		m, err := hist.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subj))
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgNotFound) {
 				c.log.Warn("cluster: gap not filled", "channel", channel, "after", last, "before", seq, "err", err)

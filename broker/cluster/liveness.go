@@ -35,13 +35,13 @@ func Key(node string) string {
 	}, node)
 }
 
-// renew puts this node's lease.
-func (c *Cluster) renew(ctx context.Context) error {
+// renew puts this node's lease in kv.
+func (c *Cluster) renew(ctx context.Context, kv jetstream.KeyValue) error {
 	v, err := json.Marshal(lease{Node: c.cfg.Node, Epoch: c.cfg.Epoch, Time: c.cfg.Now().UTC()})
 	if err != nil {
 		return fmt.Errorf("cluster: lease: %w", err)
 	}
-	if _, err := c.kv.Put(ctx, Key(c.cfg.Node), v); err != nil {
+	if _, err := kv.Put(ctx, Key(c.cfg.Node), v); err != nil {
 		return fmt.Errorf("cluster: put the lease of node-id %q in %s: %w", c.cfg.Node, NodesBucket, err)
 	}
 	return nil
@@ -52,7 +52,6 @@ func (c *Cluster) renew(ctx context.Context) error {
 // lease, so that a NATS failover that kept every node from renewing does
 // not make the nodes reap each other.
 func (c *Cluster) heartbeat() {
-	defer c.wg.Done()
 	t := time.NewTicker(c.cfg.Lease / 3)
 	defer t.Stop()
 	healthy := c.cfg.Now()
@@ -63,7 +62,7 @@ func (c *Cluster) heartbeat() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Lease/3)
-		if err := c.renew(ctx); err != nil {
+		if err := c.renew(ctx, c.res.Load().kv); err != nil {
 			// The other nodes may be failing to renew too (a NATS
 			// server lost, the bucket electing a leader): reap again
 			// only after a whole lease of successful renewals.
@@ -129,7 +128,7 @@ func (c *Cluster) reap(ctx context.Context) error {
 // alive reports whether ne's node holds a lease for ne's run or a later
 // one (a later run's node.started closes ne's connections itself).
 func (c *Cluster) alive(ctx context.Context, ne NodeEpoch) (bool, error) {
-	kve, err := c.kv.Get(ctx, Key(ne.Node))
+	kve, err := c.res.Load().kv.Get(ctx, Key(ne.Node))
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return false, nil
 	}

@@ -45,7 +45,22 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
+// notReady answers 503 with the reason while the log is not ready (NATS
+// unreachable since start): an empty or partial projection would be wrong
+// data, not an outage.
+func (l *Log) notReady(w http.ResponseWriter) bool {
+	if l.Ready() {
+		return false
+	}
+	w.Header().Set("Retry-After", "1")
+	writeError(w, http.StatusServiceUnavailable, l.Status())
+	return true
+}
+
 func (l *Log) projection(w http.ResponseWriter) *Projection {
+	if l.notReady(w) {
+		return nil
+	}
 	if l.proj == nil {
 		writeError(w, http.StatusServiceUnavailable, "no projection on a read-only event log")
 	}
@@ -136,6 +151,9 @@ func ParseQuery(get func(string) string) (Query, error) {
 }
 
 func (l *Log) serveEvents(w http.ResponseWriter, r *http.Request) {
+	if l.notReady(w) {
+		return
+	}
 	q, err := ParseQuery(r.URL.Query().Get)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())

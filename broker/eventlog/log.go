@@ -36,7 +36,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsbroker/wsbroker/broker/natsconn"
 	"github.com/wsbroker/wsbroker/telemetry/event"
+	"github.com/wsbroker/wsbroker/telemetry/redact"
 )
 
 // StreamName is the JetStream stream of the event log.
@@ -148,26 +150,43 @@ type Log struct {
 	ns     *server.Server
 	unlock func()
 	nc     *nats.Conn
+	// js, stream and projCC are set once the stream is set up: at Open, or
+	// by the connector when NATS was unreachable at Open (up tells).
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	urls   string // redacted, for messages
 
 	queue   *queue
 	sampler *sampler
 	proj    *Projection
 	projCC  jetstream.ConsumeContext
 
+	// up is set once the stream is set up and the projection replayed;
+	// ready once, in addition, the events queued while NATS was
+	// unreachable at start are appended.
+	up    atomic.Bool
+	ready atomic.Bool
+	// setupErr is the last failure of the connector's setup, for Status.
+	setupMu  sync.Mutex
+	setupErr error
+
 	// enqueued counts events accepted into the queue, done those acked (or
-	// given up); Flush waits for done to reach enqueued.
+	// given up); Flush waits for done to reach enqueued. lost counts those
+	// given up at Close.
 	enqueued atomic.Uint64
 	done     atomic.Uint64
+	lost     atomic.Uint64
 	progMu   sync.Mutex
 	progress chan struct{}
 
 	stop     chan struct{}
 	hardStop context.Context
 	abandon  context.CancelFunc
-	wg       sync.WaitGroup
-	closed   atomic.Bool
+	// setupCtx ends the connector's setup when the log closes.
+	setupCtx    context.Context
+	setupCancel context.CancelFunc
+	wg          sync.WaitGroup
+	closed      atomic.Bool
 	// epoch is this run's, learned from its own node.started. Events of this
 	// node and epoch are folded into the projection when their append is
 	// acknowledged, so the projection consumer skips them undecoded (their
@@ -177,6 +196,16 @@ type Log struct {
 
 // Open starts (or connects to) NATS, creates or updates the stream, replays
 // it into the projections and starts the appender.
+//
+// With NATS URLs, a NATS that cannot be reached (natsconn.Unreachable: no
+// server answers, JetStream not available yet) does not fail Open: the log
+// starts not ready, queues events (QueueSize, the overflow dropped and
+// counted as usual), and a connector goroutine sets the stream up and
+// replays the projection once NATS answers; then the appender appends the
+// queue in order and the log becomes Ready. Misconfiguration (credentials,
+// TLS, authorization, JetStream disabled, a conflicting existing stream)
+// still fails Open. The embedded server and a read-only log fail fast on
+// any error.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
@@ -186,9 +215,12 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.log = slog.New(slog.DiscardHandler)
 	}
 	l.hardStop, l.abandon = context.WithCancel(context.Background())
+	l.setupCtx, l.setupCancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
 		if !ok {
+			l.abandon()
+			l.setupCancel()
 			l.shutdownNATS()
 		}
 	}()
@@ -200,6 +232,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	var err error
 	if len(cfg.NATSURLs) == 0 {
+		l.urls = "the embedded NATS server"
 		if cfg.ReadOnly {
 			// A reader must not leave an empty store behind a typo.
 			if fi, err := os.Stat(cfg.DataDir); err != nil || !fi.IsDir() {
@@ -213,32 +246,79 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		if err != nil {
 			return nil, fmt.Errorf("eventlog: connect to the embedded NATS server: %w", err)
 		}
-	} else {
-		l.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","), append(opts, cfg.NATSOptions...)...)
-		if err != nil {
-			return nil, fmt.Errorf("eventlog: nats-url %q: %w", strings.Join(cfg.NATSURLs, ","), err)
+		if err := l.setup(ctx); err != nil {
+			return nil, err
 		}
+		l.start()
+		ok = true
+		return l, nil
 	}
-	l.js, err = jetstream.New(l.nc,
+
+	l.urls = natsconn.URLs(cfg.NATSURLs)
+	opts = append(opts, cfg.NATSOptions...)
+	var down error
+	if cfg.ReadOnly {
+		// A reader has nothing to queue: it needs NATS now.
+		l.nc, err = nats.Connect(strings.Join(cfg.NATSURLs, ","), opts...)
+	} else {
+		l.nc, down, err = natsconn.Connect(cfg.NATSURLs, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: nats-url %q: %w", l.urls, err)
+	}
+	if down == nil {
+		err := l.setup(ctx)
+		if err == nil {
+			l.start()
+			ok = true
+			return l, nil
+		}
+		if cfg.ReadOnly || !natsconn.Unreachable(err) {
+			return nil, err
+		}
+		down = err
+	}
+	// NATS (or its JetStream) is unreachable: serve without it, queue,
+	// and set the log up when it answers.
+	l.setSetupErr(down)
+	l.proj = NewProjection()
+	l.queue = newQueue(cfg.QueueSize)
+	l.sampler = newSampler(cfg.RejectLimit)
+	l.log.Warn("eventlog: NATS unreachable, queuing events; will retry",
+		"nats_url", l.urls, "queue_size", cfg.QueueSize, "err", redact.Userinfo(down.Error()))
+	l.wg.Add(1)
+	go l.connect()
+	ok = true
+	return l, nil
+}
+
+// setup creates (or, read-only, looks up) the stream and replays it into
+// the projection. It may run again after a failure: the replay is
+// idempotent per stream sequence.
+func (l *Log) setup(ctx context.Context) error {
+	cfg := l.cfg
+	js, err := jetstream.New(l.nc,
 		jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),
 		jetstream.WithPublishAsyncMaxPending(4*maxBatch))
 	if err != nil {
-		return nil, fmt.Errorf("eventlog: jetstream: %w", err)
+		return fmt.Errorf("eventlog: jetstream: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if cfg.ReadOnly {
-		l.stream, err = l.js.Stream(sctx, StreamName)
+		st, err := js.Stream(sctx, StreamName)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("eventlog: no event log there yet (stream %s not found): %w", StreamName, err)
+			return fmt.Errorf("eventlog: no event log there yet (stream %s not found): %w", StreamName, err)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("eventlog: stream %s: %w", StreamName, err)
+			return fmt.Errorf("eventlog: stream %s: %w", StreamName, err)
 		}
-		ok = true
-		return l, nil
+		l.js, l.stream = js, st
+		l.up.Store(true)
+		l.ready.Store(true)
+		return nil
 	}
-	l.stream, err = l.js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{
+	st, err := js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "wsbroker events (CloudEvents JSON), DESIGN.md §7",
 		Subjects:    []string{SubjectPrefix + ">"},
@@ -250,22 +330,142 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		Storage:     jetstream.FileStorage,
 		Duplicates:  duplicatesWindow,
 	})
-	if err != nil {
-		return nil, fmt.Errorf("eventlog: create stream %s (events-max-age %s, events-max-bytes %d): %w",
-			StreamName, cfg.MaxAge, cfg.MaxBytes, err)
+	if natsconn.NoJetStream(err) {
+		return fmt.Errorf("eventlog: nats-url %q: JetStream is not enabled there (the event log needs it: nats-server -js): %w", l.urls, err)
 	}
-	l.proj = NewProjection()
+	if err != nil {
+		return fmt.Errorf("eventlog: create stream %s (events-max-age %s, events-max-bytes %d, stream-replicas %d): %w",
+			StreamName, cfg.MaxAge, cfg.MaxBytes, cfg.Replicas, err)
+	}
+	l.js, l.stream = js, st
+	if l.proj == nil {
+		l.proj = NewProjection()
+	}
 	// The caller's ctx, not the 30s of the stream calls: replaying a large
 	// log may take longer.
-	if err := l.startProjection(ctx); err != nil {
-		return nil, err
-	}
-	l.queue = newQueue(cfg.QueueSize)
-	l.sampler = newSampler(cfg.RejectLimit)
+	return l.startProjection(ctx)
+}
+
+// start starts the appender of a log set up at Open.
+func (l *Log) start() {
+	l.queue = newQueue(l.cfg.QueueSize)
+	l.sampler = newSampler(l.cfg.RejectLimit)
+	l.up.Store(true)
+	l.ready.Store(true)
 	l.wg.Add(1)
-	go l.run()
-	ok = true
-	return l, nil
+	go l.run(0)
+}
+
+// connect is the connector of a log opened while NATS was unreachable: it
+// waits for the connection (nats.go retries it), sets the stream up
+// (retrying with backoff), then becomes the appender. Until then it keeps
+// the queue depth and the sampler's held rejections current. Closed before
+// NATS came, it counts the queued events as lost.
+func (l *Log) connect() {
+	if !l.await() {
+		l.giveUp()
+		l.wg.Done()
+		return
+	}
+	l.setSetupErr(nil)
+	backlog := l.enqueued.Load()
+	l.log.Info("eventlog: NATS connected, stream set up; appending the events queued meanwhile",
+		"nats_url", l.urls, "queued", backlog-l.done.Load())
+	l.up.Store(true)
+	l.run(backlog)
+}
+
+// await waits for NATS and sets the log up; false if the log closed first.
+func (l *Log) await() bool {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	backoff := 250 * time.Millisecond
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-l.stop:
+			return false
+		case <-l.setupCtx.Done():
+			return false
+		case <-tick.C:
+			l.sampler.releaseExpired(l, l.cfg.Now())
+			l.queueDepth()
+		case <-retry:
+			retry = nil
+		}
+		if retry != nil || !l.nc.IsConnected() {
+			continue
+		}
+		err := l.setup(l.setupCtx)
+		if err == nil {
+			return true
+		}
+		if l.setupCtx.Err() != nil {
+			return false
+		}
+		l.setSetupErr(err)
+		l.log.Warn("eventlog: NATS connected but the event log is not set up yet; retrying",
+			"nats_url", l.urls, "err", redact.Userinfo(err.Error()), "backoff", backoff.String(), "queued", l.pending())
+		retry = time.After(backoff)
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// giveUp counts the queued events as lost: the log closed before NATS came.
+func (l *Log) giveUp() {
+	var batch []event.Event
+	for {
+		batch = l.queue.pop(batch[:0], maxBatch)
+		if len(batch) == 0 {
+			return
+		}
+		l.lose(len(batch))
+	}
+}
+
+// lose records n events as given up.
+func (l *Log) lose(n int) {
+	for range n {
+		l.publishError()
+	}
+	l.lost.Add(uint64(n))
+	l.markDone(n)
+}
+
+func (l *Log) pending() uint64 { return l.enqueued.Load() - l.done.Load() }
+
+func (l *Log) setSetupErr(err error) {
+	l.setupMu.Lock()
+	l.setupErr = err
+	l.setupMu.Unlock()
+}
+
+// Ready reports whether the log is current: the stream is set up, the
+// projection replayed, and the events queued while NATS was unreachable at
+// start are appended. A log opened with NATS reachable is ready at once.
+func (l *Log) Ready() bool { return l.ready.Load() }
+
+// Status says why the log is not ready ("" when it is), in the words the
+// admin API answers with.
+func (l *Log) Status() string {
+	if l.ready.Load() {
+		return ""
+	}
+	n := l.pending()
+	if l.up.Load() {
+		return fmt.Sprintf("event log not ready: appending the events queued while NATS was unreachable, %d events queued", n)
+	}
+	if !l.nc.IsConnected() {
+		return fmt.Sprintf("event log not ready: NATS unreachable at %s, %d events queued", l.urls, n)
+	}
+	l.setupMu.Lock()
+	err := l.setupErr
+	l.setupMu.Unlock()
+	if err == nil {
+		return fmt.Sprintf("event log not ready: NATS connected at %s, setting up stream %s, %d events queued", l.urls, StreamName, n)
+	}
+	return fmt.Sprintf("event log not ready: NATS connected at %s but stream %s is not set up (%s), %d events queued",
+		l.urls, StreamName, redact.Userinfo(err.Error()), n)
 }
 
 // startProjection replays the stream from its start with an ordered
@@ -320,8 +520,13 @@ func (l *Log) startProjection(ctx context.Context) error {
 // Projection returns the projections, nil on a read-only log.
 func (l *Log) Projection() *Projection { return l.proj }
 
-// Stream returns the JetStream stream.
-func (l *Log) Stream() jetstream.Stream { return l.stream }
+// Stream returns the JetStream stream; nil until it is set up.
+func (l *Log) Stream() jetstream.Stream {
+	if !l.up.Load() {
+		return nil
+	}
+	return l.stream
+}
 
 // Subject returns the subject an event is appended to.
 func Subject(node string, t event.Type) string {
@@ -451,8 +656,14 @@ func (l *Log) Flush(ctx context.Context) error {
 	}
 }
 
+// ErrNotReady is returned by the queries of a log that is not set up yet
+// (NATS unreachable since Open).
+var ErrNotReady = errors.New("eventlog: not ready")
+
 // Close flushes the queue, stops the appender and the projection, and shuts
 // the embedded NATS server down. Events observed after Close are dropped.
+// When ctx ends first (NATS unreachable), the events still queued are
+// given up and the error says how many were lost.
 func (l *Log) Close(ctx context.Context) error {
 	if l.closed.Swap(true) {
 		return nil
@@ -465,14 +676,23 @@ func (l *Log) Close(ctx context.Context) error {
 		if ferr != nil {
 			l.abandon()
 		}
+		l.setupCancel()
 		l.wg.Wait()
 	}
 	l.abandon()
+	l.setupCancel()
 	if l.projCC != nil {
 		l.projCC.Stop()
 		<-l.projCC.Closed()
 	}
 	l.shutdownNATS()
+	if n := l.lost.Load(); n > 0 {
+		lost := fmt.Sprintf("eventlog: %d events lost at close (not appended to %s on %s)", n, StreamName, l.urls)
+		if ferr == nil {
+			return errors.New(lost)
+		}
+		return fmt.Errorf("%s: %w", lost, ferr)
+	}
 	return ferr
 }
 

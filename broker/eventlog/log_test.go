@@ -322,8 +322,10 @@ func TestOpenErrors(t *testing.T) {
 			want: "events-max-bytes -1 is negative",
 		},
 		{
-			name: "unreachable NATS",
-			cfg:  Config{NATSURLs: []string{"nats://127.0.0.1:1"}},
+			// A writer queues and retries (TestOpenNATSUnreachable);
+			// a reader has nothing to queue.
+			name: "reader on unreachable NATS",
+			cfg:  Config{NATSURLs: []string{"nats://127.0.0.1:1"}, ReadOnly: true},
 			want: "nats-url",
 		},
 	}

@@ -24,8 +24,13 @@ type pending struct {
 // batch asynchronously and waits for its acks here, off the producers' path.
 // Failed appends are retried with the same Nats-Msg-Id, so the stream's
 // de-duplication keeps exactly one copy whatever got through before.
-func (l *Log) run() {
+//
+// The log becomes ready once the first backlog events observed are done
+// (the ones queued while NATS was unreachable at start; 0 when it was
+// reachable). run is called on the goroutine counted by wg.
+func (l *Log) run(backlog uint64) {
 	defer l.wg.Done()
+	l.catchUp(backlog)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	linger := time.NewTimer(time.Hour)
@@ -66,7 +71,20 @@ func (l *Log) run() {
 		if len(batch) > 0 {
 			l.publish(batch)
 			l.queueDepth()
+			l.catchUp(backlog)
 		}
+	}
+}
+
+// catchUp makes the log ready once the backlog is done.
+func (l *Log) catchUp(backlog uint64) {
+	if l.ready.Load() || l.done.Load() < backlog {
+		return
+	}
+	l.ready.Store(true)
+	if backlog > 0 {
+		l.log.Info("eventlog: ready; the events queued while NATS was unreachable are appended",
+			"nats_url", l.urls, "appended", backlog-l.lost.Load())
 	}
 }
 
@@ -86,10 +104,7 @@ func (l *Log) drain(batch []event.Event) {
 func (l *Log) publish(batch []event.Event) {
 	if l.hardStop.Err() != nil {
 		// Abandoned (Close gave up on NATS): count, don't stall on it.
-		for range batch {
-			l.publishError()
-		}
-		l.markDone(len(batch))
+		l.lose(len(batch))
 		return
 	}
 	ps := make([]pending, 0, len(batch))
@@ -142,10 +157,7 @@ func (l *Log) publish(batch []event.Event) {
 			return
 		}
 		if l.hardStop.Err() != nil {
-			for range ps {
-				l.publishError()
-			}
-			l.markDone(len(ps))
+			l.lose(len(ps))
 			return
 		}
 		// The run loop's housekeeping waits for this batch: keep the

@@ -137,6 +137,9 @@ func (q Query) deliver(def jetstream.DeliverPolicy) (jetstream.DeliverPolicy, ui
 // stream order, up to q.Limit (0: all). It stops early when fn returns an
 // error, which it returns.
 func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error {
+	if err := l.queryable(); err != nil {
+		return err
+	}
 	pol, seq, t := q.deliver(jetstream.DeliverAllPolicy)
 	// An ephemeral consumer knows at creation how many messages match, so
 	// the replay ends exactly at the stream's end as of now.
@@ -223,6 +226,9 @@ func (l *Log) Events(ctx context.Context, q Query) ([]Record, error) {
 // backwards in growing windows so that a recent query over a large log reads
 // only its tail.
 func (l *Log) latest(ctx context.Context, q Query) ([]Record, error) {
+	if err := l.queryable(); err != nil {
+		return nil, err
+	}
 	info, err := l.stream.Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: stream %s info: %w", StreamName, err)
@@ -261,6 +267,9 @@ func (l *Log) latest(ctx context.Context, q Query) ([]Record, error) {
 // Tail calls fn with every matching event appended from q's since on (from
 // now on when neither since is set) until ctx ends or fn fails.
 func (l *Log) Tail(ctx context.Context, q Query, fn func(*Record) error) error {
+	if err := l.queryable(); err != nil {
+		return err
+	}
 	pol, seq, t := q.deliver(jetstream.DeliverNewPolicy)
 	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{q.filter()},
@@ -325,4 +334,13 @@ func reasonKnown(s string) bool {
 	}
 	_, ok := event.ParseCloseReason(s)
 	return ok
+}
+
+// queryable returns ErrNotReady, with the reason, until the stream is set
+// up.
+func (l *Log) queryable() error {
+	if l.up.Load() {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrNotReady, l.Status())
 }

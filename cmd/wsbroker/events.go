@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/wsbroker/wsbroker/broker/cluster"
@@ -108,9 +107,13 @@ func runEvents(ctx context.Context, o *eventsOptions, mode string, limit int, ou
 			return fmt.Errorf("limit: %d, want 1 to %d", limit, eventlog.MaxQueryLimit)
 		}
 	}
+	nopts, err := cluster.NATSOptions(o.natsCreds, o.natsTLSCA)
+	if err != nil {
+		return err
+	}
 	cfg := eventlog.Config{
 		NATSURLs:    o.natsURLs,
-		NATSOptions: cluster.NATSOptions(o.natsCreds, o.natsTLSCA),
+		NATSOptions: nopts,
 		ReadOnly:    true,
 		Node:        "events-cli",
 	}
@@ -284,6 +287,10 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 	if !o.events {
 		return nil, nil
 	}
+	nopts, err := cluster.NATSOptions(o.natsCreds, o.natsTLSCA)
+	if err != nil {
+		return nil, err
+	}
 	cfg := eventlog.Config{
 		DataDir:  o.dataDir,
 		NATSURLs: o.natsURLs,
@@ -292,7 +299,7 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 		MaxBytes: o.eventsMaxBytes,
 		Replicas: o.streamReplicas,
 		// The same credentials and CA as the cluster's connection.
-		NATSOptions: cluster.NATSOptions(o.natsCreds, o.natsTLSCA),
+		NATSOptions: nopts,
 		Metrics:     m,
 		Logger:      logger,
 	}
@@ -316,16 +323,10 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 		return nil, nil
 	}
 	if err != nil {
+		// An unreachable NATS is not an error: the log queues and catches
+		// up when NATS answers (docs/reliability.md). What remains is
+		// configuration.
 		if len(o.natsURLs) > 0 {
-			if errors.Is(err, nats.ErrNoServers) {
-				// A cluster member does not start without its cluster
-				// (channel messages would stay local, presence partial);
-				// a restart policy brings it up once NATS answers, and
-				// once running it rides out NATS outages
-				// (docs/reliability.md).
-				return nil, fmt.Errorf("nats-url: no NATS server reachable at %q; start NATS first (a running broker survives NATS outages, but needs NATS to start): %w",
-					strings.Join(o.natsURLs, ","), err)
-			}
 			return nil, fmt.Errorf("nats-url: %w", err)
 		}
 		return nil, fmt.Errorf("data-dir: %w", err)

@@ -331,6 +331,15 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 			return
 		}
 		io.WriteString(w, "ready\n")
+		// NATS unreachable does not make the node unready: it accepts
+		// and serves connections (channels local to it) and queues its
+		// events. Say so, for an operator reading /readyz.
+		if evlog != nil && !evlog.Ready() {
+			io.WriteString(w, evlog.Status()+"\n")
+		}
+		if bus != nil && !bus.Ready() {
+			io.WriteString(w, "cluster not ready: NATS not set up yet; channels are local to this node\n")
+		}
 	})
 	if evlog != nil {
 		evlog.Register(mux)
@@ -414,9 +423,13 @@ func openCluster(ctx context.Context, o *serveOptions, epoch uint64, sink event.
 	if o.streamReplicas < 1 {
 		return nil, fmt.Errorf("stream-replicas: %d, want >= 1", o.streamReplicas)
 	}
+	nopts, err := cluster.NATSOptions(o.natsCreds, o.natsTLSCA)
+	if err != nil {
+		return nil, err
+	}
 	cfg := cluster.Config{
 		NATSURLs:        o.natsURLs,
-		Options:         cluster.NATSOptions(o.natsCreds, o.natsTLSCA),
+		Options:         nopts,
 		Node:            o.nodeID,
 		Epoch:           epoch,
 		HistoryMessages: o.historyMessages,

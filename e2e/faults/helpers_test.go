@@ -491,3 +491,33 @@ func (e cloudEvent) connID() string {
 	}
 	return ""
 }
+
+// next reads frames until a text frame, answering pings, and returns it
+// decoded; the test fails if none comes within d.
+func (w *wsConn) next(t testing.TB, d time.Duration) map[string]any {
+	t.Helper()
+	_ = w.c.SetReadDeadline(time.Now().Add(d))
+	defer w.c.SetReadDeadline(time.Time{})
+	for {
+		f, err := ws.ReadFrame(w.br)
+		if err != nil {
+			t.Fatalf("no frame within %s: %v",
+				d, err)
+		}
+		switch f.Header.OpCode {
+		case ws.OpText:
+			var m map[string]any
+			if err := json.Unmarshal(f.Payload, &m); err != nil {
+				t.Fatalf("frame %q: %v",
+					f.Payload, err)
+			}
+			return m
+		case ws.OpPing:
+			w.mu.Lock()
+			_ = ws.WriteFrame(w.c, ws.MaskFrameInPlace(ws.NewPongFrame(f.Payload)))
+			w.mu.Unlock()
+		case ws.OpClose:
+			t.Fatalf("closed by the server while waiting for a frame")
+		}
+	}
+}

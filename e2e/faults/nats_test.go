@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -151,37 +152,191 @@ func wantMetric(t *testing.T, b *broker, name string, want float64, labels ...st
 	})
 }
 
-// TestNATSUnavailableAtStart: with --nats-url the broker is a cluster
-// member; started while no NATS answers, it exits at once (code 1) saying
-// which URL is unreachable, rather than serving a partitioned node (channel
-// messages local only, presence partial). The restart a supervisor makes
-// once NATS is up starts it, and its events reach the stream.
+// TestNATSUnavailableAtStart: with --nats-url the broker starts while no
+// NATS answers. It serves: clients connect, subscribe, publish and receive
+// (channels local to the node); /readyz stays 200 and says why the event
+// log is not ready; the admin API answers 503 instead of wrong presence;
+// the events wait in the queue (wsbroker_event_queue_depth). When NATS
+// starts on that URL the log catches up: every event observed before is in
+// the stream exactly once, presence is right and the log is ready.
 func TestNATSUnavailableAtStart(t *testing.T) {
 	n := newNATS(t)
-	dataDir := t.TempDir()
-	early := launch(t, brokerOpts{dataDir: dataDir, args: []string{"--nats-url", n.url()}})
-	if code := early.wait(15 * time.Second); code != 1 {
-		t.Fatalf("exit code %d with NATS down, want 1:\n%s",
-			code, early.stderr.String())
-	}
-	for _, w := range []string{"nats-url", n.url(), "no NATS server reachable"} {
-		if !strings.Contains(early.stderr.String(), w) {
-			t.Fatalf("stderr lacks %q:\n%s",
-				w, early.stderr.String())
+	b := startBroker(t, brokerOpts{args: []string{"--nats-url", n.url(), "--shutdown-drain", "5s"}})
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if !strings.Contains(b.stderr.String(), "NATS unreachable, queuing events; will retry") {
+			return fmt.Errorf("no start warning in:\n%s", b.stderr.String())
 		}
+		return nil
+	})
+	body, err := b.get("/readyz")
+	if err != nil {
+		t.Fatalf("readyz with NATS down: %v",
+			err)
+	}
+	if want := "event log not ready: NATS unreachable at " + n.url(); !strings.Contains(string(body), want) {
+		t.Fatalf("readyz %q, want the detail %q",
+			body, want)
+	}
+	if body, err := b.get("/v1/presence"); err == nil || !strings.Contains(string(body), "NATS unreachable at "+n.url()) {
+		t.Fatalf("presence with NATS down: %v %s, want 503 naming the URL",
+			err, body)
 	}
 
+	conns := openN(t, b, "early", 5)
+	sub, pub := conns[0], conns[1]
+	if err := sub.send(map[string]any{"type": "subscribe", "channel": "news", "id": 1}); err != nil {
+		t.Fatalf("subscribe: %v",
+			err)
+	}
+	if m := sub.next(t, 10*time.Second); m["type"] != "ack" {
+		t.Fatalf("subscribe answered %v, want an ack",
+			m)
+	}
+	if err := pub.send(map[string]any{"type": "publish", "channel": "news", "data": "hello", "id": 2}); err != nil {
+		t.Fatalf("publish: %v",
+			err)
+	}
+	if m := pub.next(t, 10*time.Second); m["type"] != "ack" {
+		t.Fatalf("publish answered %v, want an ack",
+			m)
+	}
+	if m := sub.next(t, 10*time.Second); m["type"] != "message" || m["data"] != "hello" {
+		t.Fatalf("subscriber got %v, want the message",
+			m)
+	}
+	conns[3].Close()
+	conns[4].Close()
+	wantMetric(t, b, "wsbroker_connections", 3)
+	// node.started, 5 opens, 1 subscription, 2 closes wait for NATS.
+	wantMetric(t, b, "wsbroker_event_queue_depth", 9)
+
 	n.start()
-	b := startBroker(t, brokerOpts{dataDir: dataDir, args: []string{"--nats-url", n.url()}})
-	openN(t, b, "after", 20)
-	wantMetric(t, b, "wsbroker_connections", 20)
+	n.wantCounts(t, map[string]uint64{
+		"node_started":       1,
+		"connection_opened":  5,
+		"subscription_added": 1,
+		"connection_closed":  2,
+	})
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		body, err := b.get("/v1/presence")
+		if err != nil {
+			return err
+		}
+		var p struct {
+			Connections int            `json:"connections"`
+			Channels    map[string]int `json:"channels"`
+		}
+		if err := json.Unmarshal(body, &p); err != nil {
+			return err
+		}
+		if p.Connections != 3 || p.Channels["news"] != 1 {
+			return fmt.Errorf("presence %s, want 3 connections, 1 in news", body)
+		}
+		return nil
+	})
+	body, err = b.get("/readyz")
+	if err != nil || strings.Contains(string(body), "not ready") {
+		t.Fatalf("readyz once NATS is back: %v %q",
+			err, body)
+	}
+	wantMetric(t, b, "wsbroker_event_queue_depth", 0)
+	// Each event once, by id, through the query API.
+	body, err = b.get("/v1/events?limit=1000")
+	if err != nil {
+		t.Fatalf("events: %v",
+			err)
+	}
+	var evs []cloudEvent
+	if err := json.Unmarshal(body, &evs); err != nil {
+		t.Fatalf("events: %v in %s",
+			err, body)
+	}
+	ids := map[string]bool{}
+	for _, e := range evs {
+		if ids[e.ID] {
+			t.Fatalf("event %s (%s) listed twice",
+				e.ID, e.Type)
+		}
+		ids[e.ID] = true
+	}
+	if len(evs) != 9 {
+		t.Fatalf("%d events stored, want 9: %s",
+			len(evs), body)
+	}
+	if v, err := b.metric("wsbroker_event_publish_errors_total"); err != nil || v != 0 {
+		t.Fatalf("publish errors %v (%v), want 0",
+			v, err)
+	}
+
 	b.stop()
 	n.wantCounts(t, map[string]uint64{
-		"connection_opened": 20,
-		"connection_closed": 20,
 		"node_started":      1,
+		"connection_opened": 5,
+		"connection_closed": 5,
 		"node_stopped":      1,
 	})
+}
+
+// TestNATSUnavailableAtStartHistory: with --history-messages and no NATS,
+// a publish is answered at once with an error frame saying why (the
+// message cannot be stored in the channel history); once NATS answers the
+// history stream is set up and the same publish is stored.
+func TestNATSUnavailableAtStartHistory(t *testing.T) {
+	n := newNATS(t)
+	b := startBroker(t, brokerOpts{args: []string{"--nats-url", n.url(), "--history-messages", "10"}})
+	c := openN(t, b, "hist", 1)[0]
+	publish := func(id int) map[string]any {
+		t.Helper()
+		if err := c.send(map[string]any{"type": "publish", "channel": "news", "data": id, "id": id}); err != nil {
+			t.Fatalf("publish: %v",
+				err)
+		}
+		return c.next(t, 10*time.Second)
+	}
+	begin := time.Now()
+	m := publish(1)
+	if m["type"] != "error" || m["reason"] != "unavailable" || !strings.Contains(fmt.Sprint(m["message"]), "NATS unreachable") {
+		t.Fatalf("publish with NATS down answered %v, want an unavailable error naming NATS",
+			m)
+	}
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Fatalf("publish with NATS down answered after %s",
+			took)
+	}
+	n.start()
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		body, err := b.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(body), "not ready") {
+			return fmt.Errorf("readyz %q", body)
+		}
+		return nil
+	})
+	if m := publish(2); m["type"] != "ack" || m["offset"] == nil {
+		t.Fatalf("publish with NATS back answered %v, want an ack with an offset",
+			m)
+	}
+}
+
+// TestNATSNeverComes: the broker started without NATS is stopped before
+// NATS ever answers. It exits 0 after its bounded flush and says how many
+// events were lost.
+func TestNATSNeverComes(t *testing.T) {
+	n := newNATS(t)
+	b := startBroker(t, brokerOpts{args: []string{"--nats-url", n.url(), "--shutdown-drain", "2s"}})
+	conns := openN(t, b, "lost", 3)
+	for _, c := range conns {
+		c.Close()
+	}
+	wantMetric(t, b, "wsbroker_connections", 0)
+	b.stop()
+	// node.started, 3 opens, 3 closes, node.stopped.
+	if want := "8 events lost at close"; !strings.Contains(b.stderr.String(), want) {
+		t.Fatalf("stderr lacks %q:\n%s",
+			want, b.stderr.String())
+	}
 }
 
 // TestNATSDroppedMidRun: NATS goes away under a running broker. Upgrades

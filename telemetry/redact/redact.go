@@ -167,3 +167,30 @@ func Text(s string) string {
 func isB64URL(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '='
 }
+
+// Userinfo masks the user information of each URL of a comma list (NATS
+// URLs carry a token or a user and password there: nats://s3cr3t@host:4222
+// becomes nats://REDACTED@host:4222). Entries without it are kept as they
+// are; so is text that is not a URL.
+func Userinfo(urls string) string {
+	if !strings.Contains(urls, "@") {
+		return urls
+	}
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		scheme, rest, ok := strings.Cut(p, "://")
+		if !ok {
+			continue
+		}
+		host := rest
+		if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+			host = rest[:j]
+		}
+		at := strings.LastIndexByte(host, '@')
+		if at < 0 {
+			continue
+		}
+		parts[i] = scheme + "://" + Mask + rest[at:]
+	}
+	return strings.Join(parts, ",")
+}

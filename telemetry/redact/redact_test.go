@@ -349,3 +349,29 @@ func TestNoSignatureSurvives(t *testing.T) {
 		}
 	}
 }
+
+func TestUserinfo(t *testing.T) {
+	cases := []struct {
+		in   string
+		want string
+	}{
+		{
+			in:   "nats://127.0.0.1:4222",
+			want: "nats://127.0.0.1:4222",
+		},
+		{
+			in:   "nats://s3cr3t@n1:4222,nats://user:pass@n2:4222/x?y=a@b,tls://n3:4222",
+			want: "nats://REDACTED@n1:4222,nats://REDACTED@n2:4222/x?y=a@b,tls://n3:4222",
+		},
+		{
+			in:   "user@host",
+			want: "user@host",
+		},
+	}
+	for _, tc := range cases {
+		if got := Userinfo(tc.in); got != tc.want {
+			t.Fatalf("Userinfo(%q) = %q, want %q",
+				tc.in, got, tc.want)
+		}
+	}
+}
