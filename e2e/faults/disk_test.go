@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // mountTmpfs mounts a tmpfs of size (mount's -o size=, e.g. "1m") on a new
@@ -162,7 +164,7 @@ func TestDiskFullWhileRunning(t *testing.T) {
 		}
 		opened = append(opened, a.conn)
 	}
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
 		n, err := b.metric("wsbroker_connections")
 		if err != nil {
 			return err
@@ -175,7 +177,7 @@ func TestDiskFullWhileRunning(t *testing.T) {
 	// The events of those 200 connections (400 with the subscriptions)
 	// could not all be stored: they wait in the queue or were counted as
 	// errors; nothing hangs.
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
 		depth, err := b.metric("wsbroker_event_queue_depth")
 		if err != nil {
 			return err

@@ -32,6 +32,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
 
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/internal/wsframe"
 )
 
@@ -66,54 +67,6 @@ func run(m *testing.M) int {
 	return code
 }
 
-// checkFor polls f every step until it returns nil or total passes, then
-// fails with f's last error.
-func checkFor(t testing.TB, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v",
-				total, err)
-		}
-		time.Sleep(step)
-	}
-}
-
-// freePort returns a loopback port free at the time of the call.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v",
-			err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// syncBuffer is a bytes.Buffer safe for a child's output and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // secret is the HS256 secret of the tests' brokers.
 const secret = "faults-secret-0123456789abcdef-0123456789abcdef"
 
@@ -125,7 +78,7 @@ type broker struct {
 	wsAddr  string
 	admin   string // http://host:port
 	cmd     *exec.Cmd
-	stderr  *syncBuffer
+	stderr  *testkit.SyncBuffer
 	exited  chan struct{}
 	waitErr error
 }
@@ -148,9 +101,9 @@ func launch(t testing.TB, o brokerOpts) *broker {
 		t:       t,
 		dir:     dir,
 		dataDir: o.dataDir,
-		wsAddr:  "127.0.0.1:" + strconv.Itoa(freePort(t)),
-		admin:   "http://127.0.0.1:" + strconv.Itoa(freePort(t)),
-		stderr:  &syncBuffer{},
+		wsAddr:  "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t)),
+		admin:   "http://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t)),
+		stderr:  &testkit.SyncBuffer{},
 		exited:  make(chan struct{}),
 	}
 	if b.dataDir == "" {
@@ -208,7 +161,7 @@ func launch(t testing.TB, o brokerOpts) *broker {
 func startBroker(t testing.TB, o brokerOpts) *broker {
 	t.Helper()
 	b := launch(t, o)
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		select {
 		case <-b.exited:
 			t.Fatalf("broker exited at start (%v):\n%s",

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // jwksServer serves the public half of key under kid, or 503 while down.
@@ -112,7 +114,7 @@ func TestJWKSDownAfterKeysLoaded(t *testing.T) {
 		noSecret: true,
 		args:     []string{"--jwks-url", j.srv.URL, "--jwks-min-refresh", "100ms"},
 	})
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		_, err := b.get("/readyz")
 		return err
 	})
@@ -164,7 +166,7 @@ func TestJWKSDownAtStart(t *testing.T) {
 	// Nobody connects: readiness alone must bring the keys in, or a load
 	// balancer that waits for /readyz would never send the client that
 	// triggers the fetch.
-	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 100*time.Millisecond, func() error {
 		_, err := b.get("/readyz")
 		return err
 	})

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // natsServer is a nats-server with JetStream on a fixed loopback port and
@@ -25,7 +27,7 @@ type natsServer struct {
 }
 
 func newNATS(t *testing.T) *natsServer {
-	return &natsServer{t: t, port: freePort(t), store: t.TempDir()}
+	return &natsServer{t: t, port: testkit.FreePort(t), store: t.TempDir()}
 }
 
 func (s *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(s.port) }
@@ -96,7 +98,7 @@ func (s *natsServer) counts() (map[string]uint64, error) {
 // are not checked).
 func (s *natsServer) wantCounts(t *testing.T, want map[string]uint64) {
 	t.Helper()
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		got, err := s.counts()
 		if err != nil {
 			return err
@@ -140,7 +142,7 @@ func openN(t *testing.T, b *broker, prefix string, n int) []*wsConn {
 // wantMetric waits until the broker's metric (summed over labels) is want.
 func wantMetric(t *testing.T, b *broker, name string, want float64, labels ...string) {
 	t.Helper()
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		v, err := b.metric(name, labels...)
 		if err != nil {
 			return err
@@ -162,7 +164,7 @@ func wantMetric(t *testing.T, b *broker, name string, want float64, labels ...st
 func TestNATSUnavailableAtStart(t *testing.T) {
 	n := newNATS(t)
 	b := startBroker(t, brokerOpts{args: []string{"--nats-url", n.url(), "--shutdown-drain", "5s"}})
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		if !strings.Contains(b.stderr.String(), "NATS unreachable, queuing events; will retry") {
 			return fmt.Errorf("no start warning in:\n%s", b.stderr.String())
 		}
@@ -217,7 +219,7 @@ func TestNATSUnavailableAtStart(t *testing.T) {
 		"subscription_added": 1,
 		"connection_closed":  2,
 	})
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		body, err := b.get("/v1/presence")
 		if err != nil {
 			return err
@@ -304,7 +306,7 @@ func TestNATSUnavailableAtStartHistory(t *testing.T) {
 			took)
 	}
 	n.start()
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		body, err := b.get("/readyz")
 		if err != nil {
 			return err
@@ -360,7 +362,7 @@ func TestNATSDroppedMidRun(t *testing.T) {
 	wantMetric(t, b, "wsbroker_upgrades_total", 70, `result="accepted"`)
 	// The 50 opens and 10 closes wait for NATS (the retry loop reports
 	// the depth once an append has timed out).
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		d, err := b.metric("wsbroker_event_queue_depth")
 		if err != nil {
 			return err

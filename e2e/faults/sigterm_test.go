@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // burstConn is one upgraded connection of the burst and what ended it.
@@ -118,7 +120,7 @@ func TestSIGTERMDuringBurst(t *testing.T) {
 			}
 		}
 	}()
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		if u, p := upgraded.Load(), published.Load(); u < 100 || p < 100 {
 			return fmt.Errorf("burst running: %d upgrades, %d publishes so far", u, p)
 		}
