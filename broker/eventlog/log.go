@@ -17,7 +17,7 @@
 //	wsbroker.node.started         -> wsbroker.events.node-1.node_started
 //
 // Each message is the event's CloudEvents JSON with the event id as
-// Nats-Msg-Id, so a retried append is stored once (Duplicates window 2m).
+// Nats-Msg-Id, so a retried append is stored once (Config.DuplicatesWindow).
 package eventlog
 
 import (
@@ -51,9 +51,14 @@ const (
 	DefaultRejectLimit = 50
 	DefaultMaxAge      = 7 * 24 * time.Hour
 	DefaultMaxBytes    = 1 << 30
-	duplicatesWindow   = 2 * time.Minute
-	maxBatch           = 256
-	batchLinger        = 5 * time.Millisecond
+	// DefaultDuplicatesWindow is the stream's Nats-Msg-Id de-duplication
+	// window. It must cover a retried append (PublishTimeout, then retries
+	// with a backoff of up to 2s); JetStream's own default of 2 minutes
+	// kept every event's id in the server's memory (~100 B each) for four
+	// times as long as needed.
+	DefaultDuplicatesWindow = 30 * time.Second
+	maxBatch                = 256
+	batchLinger             = 5 * time.Millisecond
 )
 
 // Metrics is the part of telemetry.Metrics the log reports to.
@@ -90,6 +95,11 @@ type Config struct {
 	// PublishTimeout bounds the wait for one append's ack before it is
 	// retried (default 5s).
 	PublishTimeout time.Duration
+	// DuplicatesWindow is how long the stream remembers an event id to drop
+	// a retried append that had been stored already (default
+	// DefaultDuplicatesWindow). An append retried after it passed may be
+	// stored twice; the projections fold duplicates idempotently.
+	DuplicatesWindow time.Duration
 	// ReadOnly opens the log for queries only: no appends, no projection,
 	// and the stream is looked up rather than created.
 	ReadOnly bool
@@ -110,6 +120,8 @@ func (c *Config) fill() error {
 		return fmt.Errorf("eventlog: events-max-bytes %d is negative", c.MaxBytes)
 	case c.QueueSize < 0:
 		return fmt.Errorf("eventlog: QueueSize %d is negative", c.QueueSize)
+	case c.DuplicatesWindow < 0:
+		return fmt.Errorf("eventlog: events-dedup-window %s is negative", c.DuplicatesWindow)
 	case c.Replicas > 1 && len(c.NATSURLs) == 0:
 		return fmt.Errorf("eventlog: Replicas %d needs an external NATS cluster (nats-url)", c.Replicas)
 	}
@@ -130,6 +142,9 @@ func (c *Config) fill() error {
 	}
 	if c.PublishTimeout <= 0 {
 		c.PublishTimeout = 5 * time.Second
+	}
+	if c.DuplicatesWindow == 0 {
+		c.DuplicatesWindow = DefaultDuplicatesWindow
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -248,7 +263,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		MaxBytes:    cfg.MaxBytes,
 		Replicas:    cfg.Replicas,
 		Storage:     jetstream.FileStorage,
-		Duplicates:  duplicatesWindow,
+		Duplicates:  cfg.DuplicatesWindow,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: create stream %s (events-max-age %s, events-max-bytes %d): %w",
