@@ -90,6 +90,8 @@ func (s *Server) open(h *handshake) {
 	if tc, ok := c.nc.(*net.TCPConn); ok && s.cfg.SocketSendBuffer > 0 {
 		_ = tc.SetWriteBuffer(s.cfg.SocketSendBuffer)
 	}
+	// Keep the socket, not the net.Conn (see fdConn).
+	c.nc = detachConn(c.nc)
 	c.perms = s.permissionsOf(&h.principal)
 	e := s.getEvent()
 	e.Type = event.TypeConnectionOpened
@@ -402,8 +404,13 @@ func (c *Conn) flush() {
 		for _, f := range batch {
 			n += len(f)
 		}
-		bufs := net.Buffers(batch)
-		_, err := bufs.WriteTo(c.nc)
+		var err error
+		if bw, ok := c.nc.(buffersWriter); ok {
+			_, err = bw.writeBuffers(batch)
+		} else {
+			bufs := net.Buffers(batch)
+			_, err = bufs.WriteTo(c.nc)
+		}
 		c.wmu.Unlock()
 		if err != nil {
 			c.mu.Lock()
@@ -414,6 +421,11 @@ func (c *Conn) flush() {
 		}
 		c.msgsOut.Add(uint64(len(batch)))
 	}
+}
+
+// buffersWriter writes several frames with one system call (fdConn).
+type buffersWriter interface {
+	writeBuffers(bufs [][]byte) (int64, error)
 }
 
 // close ends the connection once: it stops watching the socket, leaves every
