@@ -79,6 +79,7 @@ type Server struct {
 	// traceFailures caps exported rejection traces per reason.
 	traceFailures reasonLimiter
 
+	perms   permCache
 	hsPool  sync.Pool
 	evPool  sync.Pool
 	hsSlots chan struct{} // one per handshake goroutine
