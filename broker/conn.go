@@ -34,36 +34,40 @@ const (
 // goroutine and no read buffer: the poller calls onReadable when bytes
 // arrive, and frames are written by the shared writer pool.
 type Conn struct {
-	s      *Server
-	id     uint64
-	nc     net.Conn
-	desc   *poller.Desc
-	opened time.Time
+	s    *Server
+	id   uint64
+	nc   net.Conn
+	desc *poller.Desc
+	// opened is the accept time in Unix nanoseconds (a time.Time is 24
+	// bytes; the Conn is kept small, see docs/benchmarks.md).
+	opened  int64
+	subject string
 
-	subject  string
+	// mu guards the fields below it, up to wmu.
+	mu sync.Mutex
+	// expDue (Unix nanoseconds) and expIdx are the connection's place in the
+	// server's expiry heap (guarded by its lock); expIdx is -1 outside it.
+	expDue int64
+	expIdx int32
+	pinged atomic.Bool
+
 	source   authn.Source
 	protocol bool
 	// blocking is set when the connection has a reader goroutine of its own
 	// (not an epoll socket: TLS, in-memory); its reads then wait for data.
 	blocking bool
+	writing  bool
+	closed   bool
 
-	// mu guards the fields below it.
-	mu     sync.Mutex
-	expiry time.Time
-	// expDue and expIdx are the connection's place in the server's expiry
-	// heap (guarded by its lock); expIdx is -1 outside it.
-	expDue  time.Time
-	expIdx  int
-	perms   permissions
-	subs    map[string]struct{}
-	queue   [][]byte
-	writing bool
-	closed  bool
-	// frag collects a fragmented message; nil between messages.
-	frag     []byte
-	fragOp   ws.OpCode
+	// perms is shared by connections with the same claims; nil grants
+	// nothing.
+	perms *permissions
+	subs  map[string]struct{}
+	queue [][]byte
+	// frag collects a fragmented message (reader only); nil between
+	// messages.
+	frag     *fragment
 	lastRead atomic.Int64 // unix nanoseconds
-	pinged   atomic.Bool
 
 	// wmu serializes writes to nc (flushes and control frames).
 	wmu     sync.Mutex
@@ -73,6 +77,15 @@ type Conn struct {
 	msgsOut atomic.Uint64
 }
 
+// fragment is a message whose frames are still arriving.
+type fragment struct {
+	b  []byte
+	op ws.OpCode
+}
+
+// openedAt returns the accept time.
+func (c *Conn) openedAt() time.Time { return time.Unix(0, c.opened) }
+
 // open registers the connection of an accepted handshake and starts
 // watching it.
 func (s *Server) open(h *handshake) {
@@ -81,16 +94,17 @@ func (s *Server) open(h *handshake) {
 		expIdx:   -1,
 		id:       s.connSeq.Add(1),
 		nc:       h.conn,
-		opened:   s.now(),
+		opened:   s.now().UnixNano(),
 		subject:  h.principal.Subject,
 		source:   h.source,
 		protocol: h.selected,
-		expiry:   h.principal.ExpiresAt,
 	}
-	c.lastRead.Store(c.opened.UnixNano())
+	c.lastRead.Store(c.opened)
 	if tc, ok := c.nc.(*net.TCPConn); ok && s.cfg.SocketSendBuffer > 0 {
 		_ = tc.SetWriteBuffer(s.cfg.SocketSendBuffer)
 	}
+	// Keep the socket, not the net.Conn (see fdConn).
+	c.nc = detachConn(c.nc)
 	c.perms = s.permissionsOf(&h.principal)
 	e := s.getEvent()
 	e.Type = event.TypeConnectionOpened
@@ -100,7 +114,7 @@ func (s *Server) open(h *handshake) {
 	if c.protocol {
 		e.Subprotocol = authn.Protocol
 	}
-	e.TokenExpiry = c.expiry
+	e.TokenExpiry = h.principal.ExpiresAt
 	e.Duration = s.now().Sub(h.start)
 	h.traceEvent(e)
 
@@ -121,6 +135,7 @@ func (s *Server) open(h *handshake) {
 			// connection_limit refusals instead of losing it.
 			s.putEvent(e)
 			h.reason, h.verdict.Detail = authn.ReasonConnectionLimit, full+" (reached after authentication)"
+			h.conn = c.nc // the socket detached above
 			h.writeRejectionClose()
 			c.nc.Close()
 			e = s.getEvent()
@@ -138,7 +153,7 @@ func (s *Server) open(h *handshake) {
 		s.emit(context.Background(), e)
 		e.Type = event.TypeConnectionClosed
 		e.CloseReason, e.CloseCode = event.CloseServerShutdown, uint16(code)
-		e.Duration, e.Time = s.now().Sub(c.opened), time.Time{}
+		e.Duration, e.Time = s.now().Sub(c.openedAt()), time.Time{}
 		s.emit(context.Background(), e)
 		s.putEvent(e)
 		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, "server shutting down")))
@@ -152,7 +167,7 @@ func (s *Server) open(h *handshake) {
 
 	s.emit(context.Background(), e)
 	s.putEvent(e)
-	c.armExpiry()
+	c.armExpiry(h.principal.ExpiresAt)
 	d, err := s.poller.Add(c.nc, c.onReadable)
 	if errors.Is(err, poller.ErrUnsupportedConn) {
 		// Not a socket epoll can watch (e.g. a TLS or in-memory conn).
@@ -192,13 +207,13 @@ func (s *Server) limitLocked(subject string) string {
 }
 
 // armExpiry schedules the token_expired close at exp + leeway.
-func (c *Conn) armExpiry() {
+func (c *Conn) armExpiry(exp time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.expiry.IsZero() || c.closed {
+	if exp.IsZero() || c.closed {
 		return
 	}
-	c.s.expiries.set(c, c.expiry.Add(c.s.cfg.ExpiryLeeway))
+	c.s.expiries.set(c, unixNanoSat(exp.Add(c.s.cfg.ExpiryLeeway)))
 }
 
 // payloadPool holds read buffers; a buffer is only held while a frame is
@@ -224,7 +239,7 @@ func (c *Conn) onReadable(_ *poller.Desc, _ poller.Event) bool {
 	}
 	c.lastRead.Store(c.s.now().UnixNano())
 	c.pinged.Store(false)
-	if hdr.Length > int64(c.s.cfg.MaxMessageSize) || int64(len(c.frag))+hdr.Length > int64(c.s.cfg.MaxMessageSize) {
+	if hdr.Length > int64(c.s.cfg.MaxMessageSize) || c.fragLen()+hdr.Length > int64(c.s.cfg.MaxMessageSize) {
 		c.close(event.CloseMessageTooLarge, ws.StatusMessageTooBig, "message_too_large")
 		return false
 	}
@@ -249,6 +264,14 @@ func (c *Conn) onReadable(_ *poller.Desc, _ poller.Event) bool {
 
 // readHeader parses a frame header straight from the socket into c.hdr
 // (gobwas/ws's ReadHeader allocates its buffer per call).
+// fragLen is the length of the fragmented message collected so far.
+func (c *Conn) fragLen() int64 {
+	if c.frag == nil {
+		return 0
+	}
+	return int64(len(c.frag.b))
+}
+
 func (c *Conn) readHeader() (ws.Header, error) {
 	var h ws.Header
 	b := c.hdr[:2]
@@ -335,8 +358,7 @@ func (c *Conn) handleFrame(h ws.Header, buf []byte) bool {
 			return false
 		}
 		if !h.Fin {
-			c.frag = append(make([]byte, 0, len(p)*2), p...)
-			c.fragOp = h.OpCode
+			c.frag = &fragment{b: append(make([]byte, 0, len(p)*2), p...), op: h.OpCode}
 			return true
 		}
 		c.message(h.OpCode, p)
@@ -345,11 +367,11 @@ func (c *Conn) handleFrame(h ws.Header, buf []byte) bool {
 			c.close(event.CloseProtocolError, ws.StatusProtocolError, "protocol_error: continuation without a message")
 			return false
 		}
-		c.frag = append(c.frag, p...)
+		c.frag.b = append(c.frag.b, p...)
 		if !h.Fin {
 			return true
 		}
-		msg, op := c.frag, c.fragOp
+		msg, op := c.frag.b, c.frag.op
 		c.frag = nil
 		c.message(op, msg)
 	default:
@@ -429,8 +451,13 @@ func (c *Conn) flush() {
 		for _, f := range batch {
 			n += len(f)
 		}
-		bufs := net.Buffers(batch)
-		_, err := bufs.WriteTo(c.nc)
+		var err error
+		if bw, ok := c.nc.(buffersWriter); ok {
+			_, err = bw.writeBuffers(batch)
+		} else {
+			bufs := net.Buffers(batch)
+			_, err = bufs.WriteTo(c.nc)
+		}
 		c.wmu.Unlock()
 		if err != nil {
 			c.mu.Lock()
@@ -441,6 +468,11 @@ func (c *Conn) flush() {
 		}
 		c.msgsOut.Add(uint64(len(batch)))
 	}
+}
+
+// buffersWriter writes several frames with one system call (fdConn).
+type buffersWriter interface {
+	writeBuffers(bufs [][]byte) (int64, error)
 }
 
 // close ends the connection once: it stops watching the socket, leaves every
@@ -492,7 +524,7 @@ func (c *Conn) close(reason event.CloseReason, code ws.StatusCode, text string) 
 	e.Type = event.TypeConnectionClosed
 	e.ConnID, e.Subject, e.Source = c.id, c.subject, c.source
 	e.CloseReason, e.CloseCode = reason, uint16(code)
-	e.Duration = s.now().Sub(c.opened)
+	e.Duration = s.now().Sub(c.openedAt())
 	e.MsgsIn, e.MsgsOut = c.msgsIn.Load(), c.msgsOut.Load()
 	s.emit(context.Background(), e)
 	s.putEvent(e)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"container/heap"
+	"math"
 	"sync"
 	"time"
 
@@ -22,14 +23,14 @@ type expiries struct {
 type expiryHeap []*Conn
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].expDue.Before(h[j].expDue) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expDue < h[j].expDue }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].expIdx, h[j].expIdx = i, j
+	h[i].expIdx, h[j].expIdx = int32(i), int32(j)
 }
 func (h *expiryHeap) Push(x any) {
 	c := x.(*Conn)
-	c.expIdx = len(*h)
+	c.expIdx = int32(len(*h))
 	*h = append(*h, c)
 }
 func (h *expiryHeap) Pop() any {
@@ -45,12 +46,24 @@ func newExpiries(s *Server) *expiries {
 	return &expiries{s: s, wake: make(chan struct{}, 1)}
 }
 
-// set schedules (or moves) c's close at due.
-func (x *expiries) set(c *Conn, due time.Time) {
+// unixNanoSat is t in Unix nanoseconds, saturated at the int64 range (a
+// token may expire after 2262).
+func unixNanoSat(t time.Time) int64 {
+	switch {
+	case t.Year() > 2200:
+		return math.MaxInt64
+	case t.Year() < 1700:
+		return math.MinInt64
+	}
+	return t.UnixNano()
+}
+
+// set schedules (or moves) c's close at due (Unix nanoseconds).
+func (x *expiries) set(c *Conn, due int64) {
 	x.mu.Lock()
 	c.expDue = due
 	if c.expIdx >= 0 {
-		heap.Fix(&x.h, c.expIdx)
+		heap.Fix(&x.h, int(c.expIdx))
 	} else {
 		heap.Push(&x.h, c)
 	}
@@ -68,7 +81,7 @@ func (x *expiries) set(c *Conn, due time.Time) {
 func (x *expiries) remove(c *Conn) {
 	x.mu.Lock()
 	if c.expIdx >= 0 {
-		heap.Remove(&x.h, c.expIdx)
+		heap.Remove(&x.h, int(c.expIdx))
 	}
 	x.mu.Unlock()
 }
@@ -82,10 +95,11 @@ func (x *expiries) run(stop <-chan struct{}) {
 		var due *Conn
 		wait := time.Hour
 		if len(x.h) > 0 {
-			if d := x.h[0].expDue.Sub(x.s.now()); d <= 0 {
+			now := x.s.now().UnixNano()
+			if x.h[0].expDue <= now {
 				due = heap.Pop(&x.h).(*Conn)
 			} else {
-				wait = d
+				wait = time.Duration(x.h[0].expDue - now)
 			}
 		}
 		x.mu.Unlock()

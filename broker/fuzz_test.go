@@ -36,7 +36,7 @@ func FuzzClientMessage(f *testing.F) {
 		srvSide, cliSide := net.Pipe()
 		defer cliSide.Close()
 		go func() { _, _ = io.Copy(io.Discard, cliSide) }()
-		c := &Conn{s: b.srv, id: 1 << 40, nc: srvSide, subject: "fuzz", opened: time.Now(), expIdx: -1}
+		c := &Conn{s: b.srv, id: 1 << 40, nc: srvSide, subject: "fuzz", opened: time.Now().UnixNano(), expIdx: -1}
 		c.perms = b.srv.permissionsOf(&p)
 		b.srv.mu.Lock()
 		b.srv.conns[c.id] = c

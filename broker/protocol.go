@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/telemetry"
@@ -217,10 +219,9 @@ func (s *Server) refresh(c *Conn, m *clientMessage) {
 	}
 	perms := s.permissionsOf(&p)
 	c.mu.Lock()
-	c.expiry = p.ExpiresAt
 	c.perms = perms
 	c.mu.Unlock()
-	c.armExpiry()
+	c.armExpiry(p.ExpiresAt)
 	e := s.getEvent()
 	e.Type = event.TypeTokenRefreshed
 	e.ConnID, e.Subject, e.TokenExpiry = c.id, c.subject, p.ExpiresAt
@@ -267,13 +268,19 @@ const (
 	actPublish
 )
 
-// permissions are glob patterns from token claims.
+// permissions are glob patterns from token claims. They never change once
+// built, so connections whose claims are equal share one value.
 type permissions struct {
 	sub []string
 	pub []string
 }
 
-func (p permissions) allowed(a action, ch string) bool {
+// allowed reports whether p lets a connection take action a on ch; nil
+// allows nothing.
+func (p *permissions) allowed(a action, ch string) bool {
+	if p == nil {
+		return false
+	}
 	list := p.sub
 	if a == actPublish {
 		list = p.pub
@@ -288,8 +295,9 @@ func (p permissions) allowed(a action, ch string) bool {
 
 // permissionsOf reads the channel claims of a principal: ChannelClaim
 // grants both actions; SubscribeClaim and PublishClaim, when configured and
-// present, replace it for their action.
-func (s *Server) permissionsOf(p *authn.Principal) permissions {
+// present, replace it for their action. Equal claims give the same shared
+// value (nil when there are none).
+func (s *Server) permissionsOf(p *authn.Principal) *permissions {
 	var perms permissions
 	both, _ := p.StringsClaim(s.cfg.ChannelClaim)
 	perms.sub, perms.pub = both, both
@@ -303,7 +311,44 @@ func (s *Server) permissionsOf(p *authn.Principal) permissions {
 			perms.pub = l
 		}
 	}
-	return perms
+	if len(perms.sub) == 0 && len(perms.pub) == 0 {
+		return nil
+	}
+	return s.perms.intern(perms)
+}
+
+// permCache interns permissions, so that the connections of one role (the
+// same claims) hold one copy instead of a slice of strings each. It is
+// bounded: when full it starts over, and connections keep what they hold.
+type permCache struct {
+	mu sync.Mutex
+	m  map[string]*permissions
+}
+
+const maxPermCache = 4096
+
+func (pc *permCache) intern(p permissions) *permissions {
+	var b strings.Builder
+	for _, l := range [2][]string{p.sub, p.pub} {
+		for _, pat := range l {
+			b.WriteString(strconv.Itoa(len(pat)))
+			b.WriteByte(':')
+			b.WriteString(pat)
+		}
+		b.WriteByte('|')
+	}
+	k := b.String()
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if v, ok := pc.m[k]; ok {
+		return v
+	}
+	if pc.m == nil || len(pc.m) >= maxPermCache {
+		pc.m = make(map[string]*permissions)
+	}
+	v := &p
+	pc.m[k] = v
+	return v
 }
 
 // Glob reports whether name matches pattern, where `*` matches any run of

@@ -82,6 +82,7 @@ type Server struct {
 	// upgrade's 101 and its registration: the window of the limit race.
 	testHookOpen func()
 
+	perms   permCache
 	hsPool  sync.Pool
 	evPool  sync.Pool
 	hsSlots chan struct{} // one per handshake goroutine

@@ -17,7 +17,7 @@
 //	wsbroker.node.started         -> wsbroker.events.node-1.node_started
 //
 // Each message is the event's CloudEvents JSON with the event id as
-// Nats-Msg-Id, so a retried append is stored once (Duplicates window 2m).
+// Nats-Msg-Id, so a retried append is stored once (Config.DuplicatesWindow).
 package eventlog
 
 import (
@@ -53,9 +53,14 @@ const (
 	DefaultRejectLimit = 50
 	DefaultMaxAge      = 7 * 24 * time.Hour
 	DefaultMaxBytes    = 1 << 30
-	duplicatesWindow   = 2 * time.Minute
-	maxBatch           = 256
-	batchLinger        = 5 * time.Millisecond
+	// DefaultDuplicatesWindow is the stream's Nats-Msg-Id de-duplication
+	// window. It must cover a retried append (PublishTimeout, then retries
+	// with a backoff of up to 2s); JetStream's own default of 2 minutes
+	// kept every event's id in the server's memory (~100 B each) for four
+	// times as long as needed.
+	DefaultDuplicatesWindow = 30 * time.Second
+	maxBatch                = 256
+	batchLinger             = 5 * time.Millisecond
 )
 
 // Metrics is the part of telemetry.Metrics the log reports to.
@@ -92,6 +97,11 @@ type Config struct {
 	// PublishTimeout bounds the wait for one append's ack before it is
 	// retried (default 5s).
 	PublishTimeout time.Duration
+	// DuplicatesWindow is how long the stream remembers an event id to drop
+	// a retried append that had been stored already (default
+	// DefaultDuplicatesWindow). An append retried after it passed may be
+	// stored twice; the projections fold duplicates idempotently.
+	DuplicatesWindow time.Duration
 	// ReadOnly opens the log for queries only: no appends, no projection,
 	// and the stream is looked up rather than created.
 	ReadOnly bool
@@ -112,6 +122,8 @@ func (c *Config) fill() error {
 		return fmt.Errorf("eventlog: events-max-bytes %d is negative", c.MaxBytes)
 	case c.QueueSize < 0:
 		return fmt.Errorf("eventlog: QueueSize %d is negative", c.QueueSize)
+	case c.DuplicatesWindow < 0:
+		return fmt.Errorf("eventlog: events-dedup-window %s is negative", c.DuplicatesWindow)
 	case c.Replicas > 1 && len(c.NATSURLs) == 0:
 		return fmt.Errorf("eventlog: Replicas %d needs an external NATS cluster (nats-url)", c.Replicas)
 	}
@@ -132,6 +144,9 @@ func (c *Config) fill() error {
 	}
 	if c.PublishTimeout <= 0 {
 		c.PublishTimeout = 5 * time.Second
+	}
+	if c.DuplicatesWindow == 0 {
+		c.DuplicatesWindow = DefaultDuplicatesWindow
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -328,7 +343,7 @@ func (l *Log) setup(ctx context.Context) error {
 		MaxBytes:    cfg.MaxBytes,
 		Replicas:    cfg.Replicas,
 		Storage:     jetstream.FileStorage,
-		Duplicates:  duplicatesWindow,
+		Duplicates:  cfg.DuplicatesWindow,
 	})
 	if natsconn.NoJetStream(err) {
 		return fmt.Errorf("eventlog: nats-url %q: JetStream is not enabled there (the event log needs it: nats-server -js): %w", l.urls, err)

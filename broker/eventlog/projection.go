@@ -1,11 +1,14 @@
 package eventlog
 
 import (
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+	"unique"
 
+	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -45,9 +48,38 @@ type connKey struct {
 	id    uint64
 }
 
+// connState is an open connection in the fold: kept compact (one per
+// connection, ~150 bytes), turned into a Conn only when listed. Node names
+// are interned; the channel set is allocated at the first subscription.
 type connState struct {
-	Conn
-	channels map[string]struct{}
+	id          uint64
+	epoch       uint64
+	node        string
+	subject     string
+	subprotocol string
+	opened      time.Time
+	tokenExpiry time.Time
+	remoteIP    netip.Addr
+	source      authn.Source
+	channels    map[string]struct{}
+}
+
+// conn returns the listed form of c.
+func (c *connState) conn() Conn {
+	out := Conn{
+		ID: c.id, Node: c.node, Epoch: c.epoch, Subject: c.subject,
+		Source: c.source.String(), Subprotocol: c.subprotocol,
+		Opened: c.opened, TokenExpiry: c.tokenExpiry,
+		Channels: make([]string, 0, len(c.channels)),
+	}
+	if c.remoteIP.IsValid() {
+		out.RemoteIP = c.remoteIP.String()
+	}
+	for ch := range c.channels {
+		out.Channels = append(out.Channels, ch)
+	}
+	slices.Sort(out.Channels)
+	return out
 }
 
 // Conn is an open connection as the log sees it.
@@ -117,15 +149,13 @@ func (p *Projection) Apply(seq uint64, e *event.Event) {
 		if _, gone := p.closed[k]; gone {
 			return
 		}
-		c := &connState{Conn: Conn{
-			ID: e.ConnID, Node: e.Node, Epoch: e.Epoch, Subject: e.Subject,
-			Source: e.Source.String(), Subprotocol: e.Subprotocol,
-			Opened: e.Time, TokenExpiry: e.TokenExpiry,
-		}, channels: map[string]struct{}{}}
-		if e.RemoteIP.IsValid() {
-			c.RemoteIP = e.RemoteIP.String()
+		// Decoded events carry a fresh copy of the node name each.
+		k.node = unique.Make(e.Node).Value()
+		p.conns[k] = &connState{
+			id: e.ConnID, node: k.node, epoch: e.Epoch, subject: e.Subject,
+			source: e.Source, subprotocol: e.Subprotocol,
+			opened: e.Time, tokenExpiry: e.TokenExpiry, remoteIP: e.RemoteIP,
 		}
-		p.conns[k] = c
 		p.bySubject[e.Subject]++
 	case event.TypeConnectionClosed:
 		if c, ok := p.conns[k]; ok {
@@ -134,13 +164,16 @@ func (p *Projection) Apply(seq uint64, e *event.Event) {
 	case event.TypeSubscriptionAdded:
 		if c, ok := p.conns[k]; ok && e.Channel != "" {
 			if _, dup := c.channels[e.Channel]; !dup {
+				if c.channels == nil {
+					c.channels = map[string]struct{}{}
+				}
 				c.channels[e.Channel] = struct{}{}
 				m := p.byChannel[e.Channel]
 				if m == nil {
 					m = map[string]int{}
 					p.byChannel[e.Channel] = m
 				}
-				m[c.Subject]++
+				m[c.subject]++
 			}
 		}
 	case event.TypeSubscriptionRemoved:
@@ -149,7 +182,7 @@ func (p *Projection) Apply(seq uint64, e *event.Event) {
 		}
 	case event.TypeTokenRefreshed:
 		if c, ok := p.conns[k]; ok && !e.TokenExpiry.IsZero() {
-			c.TokenExpiry = e.TokenExpiry
+			c.tokenExpiry = e.TokenExpiry
 		}
 	case event.TypeNodeStarted:
 		// A node that starts again has lost every connection of its earlier
@@ -214,8 +247,8 @@ func (p *Projection) removeLocked(k connKey, c *connState) {
 		p.unsubscribeLocked(c, ch)
 	}
 	delete(p.conns, k)
-	if p.bySubject[c.Subject]--; p.bySubject[c.Subject] <= 0 {
-		delete(p.bySubject, c.Subject)
+	if p.bySubject[c.subject]--; p.bySubject[c.subject] <= 0 {
+		delete(p.bySubject, c.subject)
 	}
 }
 
@@ -225,8 +258,8 @@ func (p *Projection) unsubscribeLocked(c *connState, ch string) {
 	}
 	delete(c.channels, ch)
 	m := p.byChannel[ch]
-	if m[c.Subject]--; m[c.Subject] <= 0 {
-		delete(m, c.Subject)
+	if m[c.subject]--; m[c.subject] <= 0 {
+		delete(m, c.subject)
 	}
 	if len(m) == 0 {
 		delete(p.byChannel, ch)
@@ -289,16 +322,10 @@ func (p *Projection) Connections(sub string) []Conn {
 	p.mu.RLock()
 	out := make([]Conn, 0, len(p.conns))
 	for _, c := range p.conns {
-		if sub != "" && c.Subject != sub {
+		if sub != "" && c.subject != sub {
 			continue
 		}
-		cc := c.Conn
-		cc.Channels = make([]string, 0, len(c.channels))
-		for ch := range c.channels {
-			cc.Channels = append(cc.Channels, ch)
-		}
-		slices.Sort(cc.Channels)
-		out = append(out, cc)
+		out = append(out, c.conn())
 	}
 	p.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool {

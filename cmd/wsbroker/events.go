@@ -298,6 +298,8 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 		MaxAge:   o.eventsMaxAge,
 		MaxBytes: o.eventsMaxBytes,
 		Replicas: o.streamReplicas,
+		// The append retries within this window are de-duplicated.
+		DuplicatesWindow: o.eventsDedup,
 		// The same credentials and CA as the cluster's connection.
 		NATSOptions: nopts,
 		Metrics:     m,
@@ -308,6 +310,9 @@ func openEventLog(ctx context.Context, o *serveOptions, m eventlog.Metrics, logg
 	}
 	if o.eventsMaxBytes <= 0 {
 		return nil, fmt.Errorf("events-max-bytes: %d, want > 0", o.eventsMaxBytes)
+	}
+	if o.eventsDedup < 5*time.Second || o.eventsDedup > o.eventsMaxAge {
+		return nil, fmt.Errorf("events-dedup-window: %s, want from 5s (the publish timeout: a shorter window could store a retried append twice) to events-max-age (%s)", o.eventsDedup, o.eventsMaxAge)
 	}
 	if o.streamReplicas > 1 && len(o.natsURLs) == 0 {
 		return nil, fmt.Errorf("stream-replicas: %d needs a NATS cluster (--nats-url); the embedded server has one replica", o.streamReplicas)

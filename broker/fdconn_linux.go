@@ -1,0 +1,289 @@
+//go:build linux
+
+package broker
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// fdConn is an accepted TCP connection reduced to its socket. Once upgraded,
+// an idle connection is only ever read when epoll (package poller) says so,
+// so the Go runtime's network poller has nothing to do for it — yet a
+// *net.TCPConn costs ~575 bytes of runtime memory (its pollDesc with two
+// deadline timers, a finalizer record) and ~300 bytes of heap (netFD, two
+// TCPAddr with their sockaddrs) per connection, about as much as everything
+// else the broker keeps for an idle connection (docs/benchmarks.md). The
+// socket is non-blocking (Go accepted it so); a read or write that would
+// block waits in poll(2) until its deadline, which happens only for a frame
+// that arrives in pieces or a peer that does not read. Those waits hold a
+// thread, and are bounded by the poller's and the writer pool's workers.
+//
+// Close may run while a Read or Write is in progress on another goroutine:
+// users hold a reference, Close shuts the socket down (which ends their
+// waits) and the last one out closes the descriptor, so that its number is
+// never reused under a reader, as internal/poll does for net.Conn.
+type fdConn struct {
+	fd int
+	// state counts the Read, Write and Control calls in progress; closedBit
+	// is set by Close.
+	state atomic.Int64
+	// rdl, wdl are the read and write deadlines in Unix nanoseconds, 0 for
+	// none.
+	rdl, wdl atomic.Int64
+}
+
+const fdClosedBit = 1 << 62
+
+// detachConn turns an accepted *net.TCPConn into an fdConn: it duplicates
+// the descriptor and closes the net.Conn, which releases its runtime
+// resources. Other connections (TLS, in-memory, wrapped listeners) are
+// returned unchanged.
+func detachConn(nc net.Conn) net.Conn {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nc
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nc
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil || derr != nil {
+		return nc
+	}
+	tc.Close()
+	return &fdConn{fd: fd}
+}
+
+func (c *fdConn) acquire() bool {
+	for {
+		s := c.state.Load()
+		if s&fdClosedBit != 0 {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s+1) {
+			return true
+		}
+	}
+}
+
+func (c *fdConn) release() {
+	if c.state.Add(-1) == fdClosedBit {
+		unix.Close(c.fd)
+	}
+}
+
+// Close closes the socket once no call uses it; calls in progress return.
+func (c *fdConn) Close() error {
+	for {
+		s := c.state.Load()
+		if s&fdClosedBit != 0 {
+			return net.ErrClosed
+		}
+		if !c.state.CompareAndSwap(s, s|fdClosedBit) {
+			continue
+		}
+		if s == 0 {
+			return unix.Close(c.fd)
+		}
+		// Wake the waits of the calls in progress; the last one closes.
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		return nil
+	}
+}
+
+func (c *fdConn) Read(p []byte) (int, error) {
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	defer c.release()
+	for {
+		n, err := unix.Read(c.fd, p)
+		switch {
+		case err == nil && n == 0 && len(p) > 0:
+			if c.state.Load()&fdClosedBit != 0 {
+				return 0, net.ErrClosed
+			}
+			return 0, io.EOF
+		case err == nil:
+			return n, nil
+		case err == unix.EINTR:
+			continue
+		case err != unix.EAGAIN:
+			return 0, c.opError("read", err)
+		}
+		if err := c.wait(unix.POLLIN, &c.rdl); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (c *fdConn) Write(p []byte) (int, error) {
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	defer c.release()
+	n := 0
+	for n < len(p) {
+		m, err := unix.Write(c.fd, p[n:])
+		switch {
+		case err == nil:
+			n += m
+			continue
+		case err == unix.EINTR:
+			continue
+		case err != unix.EAGAIN:
+			return n, c.opError("write", err)
+		}
+		if err := c.wait(unix.POLLOUT, &c.wdl); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// maxIovecs bounds one writev; a longer batch takes several calls.
+const maxIovecs = 64
+
+// writeBuffers writes bufs with writev(2), like net.Buffers.WriteTo does for
+// a *net.TCPConn, without allocating: the iovec array is on the stack.
+func (c *fdConn) writeBuffers(bufs [][]byte) (int64, error) {
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	defer c.release()
+	var iov [maxIovecs]unix.Iovec
+	var total int64
+	for len(bufs) > 0 {
+		if len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+			continue
+		}
+		n := 0
+		for _, b := range bufs {
+			if n == maxIovecs {
+				break
+			}
+			if len(b) == 0 {
+				continue
+			}
+			iov[n].Base = &b[0]
+			iov[n].SetLen(len(b))
+			n++
+		}
+		r, _, e := syscall.Syscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+		switch {
+		case e == 0:
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			if err := c.wait(unix.POLLOUT, &c.wdl); err != nil {
+				return total, err
+			}
+			continue
+		default:
+			return total, c.opError("writev", e)
+		}
+		written := int(r)
+		total += int64(written)
+		for written > 0 {
+			if written < len(bufs[0]) {
+				bufs[0] = bufs[0][written:]
+				break
+			}
+			written -= len(bufs[0])
+			bufs = bufs[1:]
+		}
+	}
+	return total, nil
+}
+
+// wait blocks until the socket is ready for ev, the deadline in dl passes
+// (os.ErrDeadlineExceeded) or the conn is closed. A deadline moved while
+// waiting is seen within a second.
+func (c *fdConn) wait(ev int16, dl *atomic.Int64) error {
+	for {
+		if c.state.Load()&fdClosedBit != 0 {
+			return net.ErrClosed
+		}
+		timeout := 1000
+		if d := dl.Load(); d != 0 {
+			left := d - time.Now().UnixNano()
+			if left <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+			timeout = int(min((left+int64(time.Millisecond)-1)/int64(time.Millisecond), 1000))
+		}
+		pfd := unix.PollFd{Fd: int32(c.fd), Events: ev}
+		r, _, e := syscall.Syscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(timeout))
+		if e != 0 && e != unix.EINTR {
+			return c.opError("poll", e)
+		}
+		if e == 0 && r > 0 {
+			// Ready, hung up or errored: the next read or write says which.
+			return nil
+		}
+	}
+}
+
+func (c *fdConn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Err: os.NewSyscallError(op, err)}
+}
+
+func (c *fdConn) setDeadline(dl *atomic.Int64, t time.Time) error {
+	if t.IsZero() {
+		dl.Store(0)
+	} else {
+		dl.Store(max(t.UnixNano(), 1))
+	}
+	return nil
+}
+
+func (c *fdConn) SetDeadline(t time.Time) error {
+	c.setDeadline(&c.rdl, t)
+	return c.setDeadline(&c.wdl, t)
+}
+func (c *fdConn) SetReadDeadline(t time.Time) error  { return c.setDeadline(&c.rdl, t) }
+func (c *fdConn) SetWriteDeadline(t time.Time) error { return c.setDeadline(&c.wdl, t) }
+
+// LocalAddr and RemoteAddr are not kept (they were two TCPAddr per
+// connection); the client address is in the connection's events.
+func (c *fdConn) LocalAddr() net.Addr  { return fdAddr{} }
+func (c *fdConn) RemoteAddr() net.Addr { return fdAddr{} }
+
+type fdAddr struct{}
+
+func (fdAddr) Network() string { return "tcp" }
+func (fdAddr) String() string  { return "" }
+
+// SyscallConn lets the poller register the socket with epoll.
+func (c *fdConn) SyscallConn() (syscall.RawConn, error) { return (*fdRaw)(c), nil }
+
+// fdRaw is the syscall.RawConn of an fdConn; only Control is used.
+type fdRaw fdConn
+
+func (r *fdRaw) Control(f func(fd uintptr)) error {
+	c := (*fdConn)(r)
+	if !c.acquire() {
+		return net.ErrClosed
+	}
+	defer c.release()
+	f(uintptr(c.fd))
+	return nil
+}
+
+var errRawIO = errors.New("broker: fdConn raw Read/Write are not supported")
+
+func (r *fdRaw) Read(func(fd uintptr) bool) error  { return errRawIO }
+func (r *fdRaw) Write(func(fd uintptr) bool) error { return errRawIO }

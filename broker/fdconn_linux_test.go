@@ -1,0 +1,142 @@
+//go:build linux
+
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// fdPair returns a detached server end and the client end of a loopback TCP
+// connection.
+func fdPair(t *testing.T) (*fdConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { client.Close() })
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	fc, ok := detachConn(sc).(*fdConn)
+	if !ok {
+		t.Fatalf("detachConn(%T) did not detach", sc)
+	}
+	t.Cleanup(func() { fc.Close() })
+	return fc, client
+}
+
+func TestFDConnReadWrite(t *testing.T) {
+	fc, client := fdPair(t)
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	buf := make([]byte, 5)
+	_ = fc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(fc, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("read %q, %v; want hello", buf, err)
+	}
+	if _, err := fc.Write([]byte("world")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "world" {
+		t.Fatalf("client read %q, %v; want world", buf, err)
+	}
+	client.Close()
+	if n, err := fc.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("read after peer close: %d, %v; want EOF", n, err)
+	}
+}
+
+func TestFDConnReadDeadline(t *testing.T) {
+	fc, _ := fdPair(t)
+	_ = fc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	start := time.Now()
+	_, err := fc.Read(make([]byte, 1))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read: %v; want os.ErrDeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("deadline of 50ms returned after %s", d)
+	}
+}
+
+// A Close on another goroutine ends a blocked Read at once, and the
+// descriptor is closed only when the Read has returned.
+func TestFDConnCloseDuringRead(t *testing.T) {
+	fc, _ := fdPair(t)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := fc.Read(make([]byte, 1))
+		errc <- err
+	}()
+	// Let the read reach poll(2); an earlier Close is fine too.
+	time.Sleep(20 * time.Millisecond)
+	if err := fc.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read after close: %v; want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("read still blocked 5s after close")
+	}
+	if err := fc.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second close: %v; want net.ErrClosed", err)
+	}
+	if _, err := fc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after close: %v; want net.ErrClosed", err)
+	}
+}
+
+// writeBuffers sends more buffers than one writev takes and more bytes than
+// the socket buffer holds (partial writes, waits for POLLOUT), in order.
+func TestFDConnWriteBuffers(t *testing.T) {
+	fc, client := fdPair(t)
+	var bufs [][]byte
+	var want bytes.Buffer
+	for i := range 3 * maxIovecs {
+		b := bytes.Repeat([]byte{byte(i)}, 1+i*97%8192)
+		bufs = append(bufs, b, nil)
+		want.Write(b)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(client, int64(want.Len())))
+		got <- b
+	}()
+	_ = fc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	n, err := fc.writeBuffers(bufs)
+	if err != nil || n != int64(want.Len()) {
+		t.Fatalf("writeBuffers: %d, %v; want %d bytes", n, err, want.Len())
+	}
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("client read %d bytes, differing from the %d written", len(b), want.Len())
+	}
+}
+
+// A peer that does not read makes a write wait until its deadline.
+func TestFDConnWriteDeadline(t *testing.T) {
+	fc, _ := fdPair(t)
+	_ = fc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	big := make([]byte, 64<<20)
+	n, err := fc.Write(big)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n == len(big) {
+		t.Fatalf("write to a peer that does not read: %d, %v; want a deadline error", n, err)
+	}
+}
