@@ -156,6 +156,10 @@ type Log struct {
 	proj    *Projection
 	projCC  jetstream.ConsumeContext
 
+	// ack and pendings belong to the appender (publish.go).
+	ack      *acker
+	pendings []pending
+
 	// enqueued counts events accepted into the queue, done those acked (or
 	// given up); Flush waits for done to reach enqueued.
 	enqueued atomic.Uint64

@@ -81,11 +81,11 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON and any CloudEvents reader see the same events.
 func (e *Event) AppendJSON(b []byte) ([]byte, error) {
 	if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
-		return b, fmt.Errorf("event: time %s: year outside of range [0,9999]", e.Time)
+		return b, &EncodeError{Field: "time", Time: e.Time}
 	}
 	if !e.TokenExpiry.IsZero() {
 		if y := e.TokenExpiry.UTC().Year(); y < 0 || y > 9999 {
-			return b, fmt.Errorf("event: token expiry %s: year outside of range [0,9999]", e.TokenExpiry)
+			return b, &EncodeError{Field: "token_expiry", Time: e.TokenExpiry}
 		}
 	}
 	b = append(b, `{"specversion":"1.0","id":"`...)
@@ -188,6 +188,17 @@ func (e *Event) AppendJSON(b []byte) ([]byte, error) {
 	b = appendUintField(b, `,"messages_out":`, e.MsgsOut)
 	b = appendField(b, `,"channel":`, e.Channel)
 	return append(b, "}}"...), nil
+}
+
+// EncodeError is an event that has no JSON form: a time outside the years
+// 0 to 9999, which RFC 3339 cannot write. No retry can encode it.
+type EncodeError struct {
+	Field string
+	Time  time.Time
+}
+
+func (e *EncodeError) Error() string {
+	return "event: " + e.Field + " " + e.Time.String() + ": year outside of range [0,9999]"
 }
 
 // appendField appends key and the JSON string s, unless s is empty
