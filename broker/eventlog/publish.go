@@ -148,7 +148,8 @@ func ackError(m *nats.Msg) error {
 		return errAckEmpty
 	}
 	// The common answer, without decoding it.
-	if bytes.Contains(d, []byte(`"seq":`)) && !bytes.Contains(d, []byte(`"error"`)) && bytes.HasPrefix(d, []byte(`{"stream":"`)) {
+	if bytes.HasPrefix(d, []byte(`{"stream":"`)) && d[len(d)-1] == '}' &&
+		bytes.Contains(d, []byte(`"seq":`)) && !bytes.Contains(d, []byte(`"error"`)) {
 		return nil
 	}
 	var r struct {
