@@ -185,6 +185,10 @@ type Log struct {
 	setupMu  sync.Mutex
 	setupErr error
 
+	// ack and pendings belong to the appender (publish.go).
+	ack      *acker
+	pendings []pending
+
 	// enqueued counts events accepted into the queue, done those acked (or
 	// given up); Flush waits for done to reach enqueued. lost counts those
 	// given up at Close.

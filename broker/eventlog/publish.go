@@ -1,8 +1,12 @@
 package eventlog
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -13,10 +17,155 @@ import (
 
 // pending is one append in flight.
 type pending struct {
-	ev  *event.Event
-	msg *nats.Msg
-	fut jetstream.PubAckFuture
-	err error
+	ev *event.Event
+	// token ends the reply subject of the latest attempt.
+	token    uint64
+	answered bool
+	err      error
+}
+
+// acker publishes appends and collects the stream's answers on one
+// wildcard reply subscription. It replaces nats.go's asynchronous
+// JetStream publish, which per append allocated a future with its channels,
+// started a timer and decoded the ack JSON: together with the event's own
+// encoding that was most of the appender's CPU. Acks are matched to appends
+// by the reply token, a counter, so an answer to an earlier attempt of a
+// retried append is recognised and ignored. Only the appender goroutine
+// uses it.
+type acker struct {
+	sub    *nats.Subscription
+	ch     chan *nats.Msg
+	prefix string
+	next   uint64
+	// Reused for every publish: nats.Conn.PublishMsg copies the message
+	// into its write buffer before it returns.
+	msg   nats.Msg
+	buf   []byte
+	reply []byte
+	epoch uint64
+	epStr string
+	node  string
+	subj  [event.NumTypes]string
+	timer *time.Timer
+}
+
+// ackBuffer bounds the answers waiting to be read. The appender has at
+// most maxBatch appends in flight; late answers to earlier attempts may
+// add some. An answer that does not fit is dropped by nats.go (a slow
+// consumer): its append times out and is retried, and the stream keeps one
+// copy.
+const ackBuffer = 4 * maxBatch
+
+var (
+	errAckTimeout = errors.New("eventlog: no acknowledgement within the publish timeout")
+	errAckEmpty   = errors.New("eventlog: empty acknowledgement")
+)
+
+// acker returns the appender's acker, subscribing on first use (and again
+// after a failure).
+func (l *Log) acker() (*acker, error) {
+	a := l.ack
+	if a == nil {
+		a = &acker{ch: make(chan *nats.Msg, ackBuffer), timer: time.NewTimer(time.Hour)}
+		a.timer.Stop()
+		a.msg.Header = nats.Header{
+			jetstream.MsgIDHeader: make([]string, 1),
+			headerNode:            make([]string, 1),
+			headerEpoch:           make([]string, 1),
+		}
+		l.ack = a
+	}
+	if a.sub == nil || !a.sub.IsValid() {
+		a.prefix = l.nc.NewInbox() + "."
+		sub, err := l.nc.ChanSubscribe(a.prefix+"*", a.ch)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: subscribe to acknowledgements: %w", err)
+		}
+		a.sub = sub
+	}
+	return a, nil
+}
+
+// closeAcker ends the acknowledgement subscription.
+func (l *Log) closeAcker() {
+	if l.ack != nil && l.ack.sub != nil {
+		_ = l.ack.sub.Unsubscribe()
+	}
+}
+
+// send publishes one attempt of p's append.
+func (a *acker) send(nc *nats.Conn, p *pending) error {
+	e := p.ev
+	var err error
+	a.buf, err = e.AppendJSON(a.buf[:0])
+	if err != nil {
+		return err
+	}
+	if e.Node != a.node {
+		a.node, a.subj = e.Node, [event.NumTypes]string{}
+	}
+	if e.Type < event.NumTypes {
+		if a.subj[e.Type] == "" {
+			a.subj[e.Type] = Subject(e.Node, e.Type)
+		}
+		a.msg.Subject = a.subj[e.Type]
+	} else {
+		a.msg.Subject = Subject(e.Node, e.Type)
+	}
+	if e.Epoch != a.epoch || a.epStr == "" {
+		a.epoch, a.epStr = e.Epoch, strconv.FormatUint(e.Epoch, 10)
+	}
+	p.token = a.next
+	a.next++
+	a.reply = strconv.AppendUint(append(a.reply[:0], a.prefix...), p.token, 36)
+	a.msg.Reply = string(a.reply)
+	a.msg.Data = a.buf
+	a.msg.Header[jetstream.MsgIDHeader][0] = e.ID()
+	a.msg.Header[headerNode][0] = e.Node
+	a.msg.Header[headerEpoch][0] = a.epStr
+	return nc.PublishMsg(&a.msg)
+}
+
+// tokenOf returns the reply token of an answer.
+func (a *acker) tokenOf(m *nats.Msg) (uint64, bool) {
+	if !strings.HasPrefix(m.Subject, a.prefix) {
+		return 0, false
+	}
+	t, err := strconv.ParseUint(m.Subject[len(a.prefix):], 36, 64)
+	return t, err == nil
+}
+
+// ackError interprets the stream's answer to an append: nil for a PubAck
+// ({"stream":...,"seq":...}, also when it says duplicate), the API error,
+// or the status of an answer without a body (503: no stream listens on the
+// subject).
+func ackError(m *nats.Msg) error {
+	d := m.Data
+	if len(d) == 0 {
+		if st := m.Header.Get("Status"); st != "" {
+			return fmt.Errorf("eventlog: append answered with status %s %s", st, m.Header.Get("Description"))
+		}
+		return errAckEmpty
+	}
+	// The common answer, without decoding it.
+	if bytes.HasPrefix(d, []byte(`{"stream":"`)) && d[len(d)-1] == '}' &&
+		bytes.Contains(d, []byte(`"seq":`)) && !bytes.Contains(d, []byte(`"error"`)) {
+		return nil
+	}
+	var r struct {
+		Error  *jetstream.APIError `json:"error"`
+		Stream string              `json:"stream"`
+	}
+	if err := json.Unmarshal(d, &r); err != nil {
+		return fmt.Errorf("eventlog: invalid acknowledgement %q: %w", d, err)
+	}
+	if r.Error != nil {
+		return r.Error
+	}
+	if r.Stream == "" {
+		return fmt.Errorf("eventlog: invalid acknowledgement %q", d)
+	}
+	return nil
 }
 
 // run is the appender: it takes events off the queue in batches (up to
@@ -55,6 +204,7 @@ func (l *Log) run(backlog uint64) {
 				continue
 			case <-l.stop:
 				l.drain(batch)
+				l.closeAcker()
 				return
 			}
 			// Let a batch gather, unless it already has.
@@ -107,34 +257,16 @@ func (l *Log) publish(batch []event.Event) {
 		l.lose(len(batch))
 		return
 	}
-	ps := make([]pending, 0, len(batch))
+	ps := l.pendings[:0]
 	for i := range batch {
-		m, err := l.message(&batch[i])
-		if err != nil {
-			l.log.Warn("eventlog: event not encodable", "type", batch[i].Type.String(), "err", err)
-			l.publishError()
-			l.markDone(1)
-			continue
-		}
-		ps = append(ps, pending{ev: &batch[i], msg: m})
+		ps = append(ps, pending{ev: &batch[i]})
 	}
 	backoff := 50 * time.Millisecond
 	for len(ps) > 0 {
-		for i := range ps {
-			ps[i].fut, ps[i].err = l.js.PublishMsgAsync(ps[i].msg)
-		}
+		lastErr := l.attempt(ps)
 		failed := ps[:0]
-		var lastErr error
 		acked := 0
 		for _, p := range ps {
-			if p.err == nil {
-				select {
-				case <-p.fut.Ok():
-				case p.err = <-p.fut.Err():
-				case <-l.hardStop.Done():
-					p.err = l.hardStop.Err()
-				}
-			}
 			switch {
 			case p.err == nil:
 				acked++
@@ -143,22 +275,25 @@ func (l *Log) publish(batch []event.Event) {
 				}
 			case tooLarge(p.err):
 				// Never going to fit: retrying would wedge the appender.
-				l.log.Warn("eventlog: event too large for NATS", "subject", p.msg.Subject, "err", p.err)
+				l.log.Warn("eventlog: event too large for NATS", "subject", Subject(p.ev.Node, p.ev.Type), "err", p.err)
+				l.publishError()
+				acked++
+			case unencodable(p.err):
+				l.log.Warn("eventlog: event not encodable", "type", p.ev.Type.String(), "err", p.err)
 				l.publishError()
 				acked++
 			default:
-				lastErr = p.err
 				failed = append(failed, p)
 			}
 		}
 		l.markDone(acked)
 		ps = failed
 		if len(ps) == 0 {
-			return
+			break
 		}
 		if l.hardStop.Err() != nil {
 			l.lose(len(ps))
-			return
+			break
 		}
 		// The run loop's housekeeping waits for this batch: keep the
 		// backlog visible while NATS (or its disk) is failing.
@@ -170,19 +305,79 @@ func (l *Log) publish(batch []event.Event) {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+	// Keep the slice, not the events it points to.
+	clear(l.pendings[:cap(l.pendings)])
+	l.pendings = ps[:0]
 }
 
-func (l *Log) message(e *event.Event) (*nats.Msg, error) {
-	b, err := e.MarshalJSON()
+// attempt publishes every append of ps once and waits for their answers,
+// at most the publish timeout; it sets each one's err and returns the last
+// error of a failed one.
+func (l *Log) attempt(ps []pending) (lastErr error) {
+	a, err := l.acker()
 	if err != nil {
-		return nil, err
+		for i := range ps {
+			ps[i].err = err
+		}
+		return err
 	}
-	m := nats.NewMsg(Subject(e.Node, e.Type))
-	m.Data = b
-	m.Header.Set(jetstream.MsgIDHeader, e.ID())
-	m.Header.Set(headerNode, e.Node)
-	m.Header.Set(headerEpoch, strconv.FormatUint(e.Epoch, 10))
-	return m, nil
+	first := a.next
+	waiting := 0
+	for i := range ps {
+		p := &ps[i]
+		p.answered, p.err = false, nil
+		if p.err = a.send(l.nc, p); p.err != nil {
+			p.answered = true
+			lastErr = p.err
+			continue
+		}
+		waiting++
+	}
+	if waiting == 0 {
+		return lastErr
+	}
+	a.timer.Reset(l.cfg.PublishTimeout)
+	defer a.timer.Stop()
+	for waiting > 0 {
+		select {
+		case m := <-a.ch:
+			t, ok := a.tokenOf(m)
+			if !ok || t < first || t-first >= uint64(len(ps)) {
+				continue // an answer to an earlier attempt
+			}
+			p := &ps[t-first]
+			if p.answered || p.token != t {
+				continue
+			}
+			p.answered, p.err = true, ackError(m)
+			if p.err != nil {
+				lastErr = p.err
+			}
+			waiting--
+		case <-a.timer.C:
+			return unanswered(ps, errAckTimeout)
+		case <-l.hardStop.Done():
+			return unanswered(ps, l.hardStop.Err())
+		}
+	}
+	return lastErr
+}
+
+// unanswered fails the appends of ps still waiting for an answer with err.
+func unanswered(ps []pending, err error) error {
+	for i := range ps {
+		if !ps[i].answered {
+			ps[i].answered, ps[i].err = true, err
+		}
+	}
+	return err
+}
+
+// unencodable reports an event that cannot be written as JSON (a time
+// outside years 0–9999): retrying cannot help.
+func unencodable(err error) bool {
+	var ee *event.EncodeError
+	return errors.As(err, &ee)
 }
 
 // tooLarge reports an append that no retry can fix: the message exceeds the
