@@ -22,6 +22,8 @@ type pending struct {
 	token    uint64
 	answered bool
 	err      error
+	// seq is the stream sequence the ack gave.
+	seq uint64
 }
 
 // acker publishes appends and collects the stream's answers on one
@@ -135,37 +137,46 @@ func (a *acker) tokenOf(m *nats.Msg) (uint64, bool) {
 	return t, err == nil
 }
 
-// ackError interprets the stream's answer to an append: nil for a PubAck
-// ({"stream":...,"seq":...}, also when it says duplicate), the API error,
-// or the status of an answer without a body (503: no stream listens on the
-// subject).
-func ackError(m *nats.Msg) error {
+// ackOf interprets the stream's answer to an append: the stream sequence
+// of a PubAck ({"stream":...,"seq":...}, also when it says duplicate), or
+// the API error, or the status of an answer without a body (503: no stream
+// listens on the subject).
+func ackOf(m *nats.Msg) (uint64, error) {
 	d := m.Data
 	if len(d) == 0 {
 		if st := m.Header.Get("Status"); st != "" {
-			return fmt.Errorf("eventlog: append answered with status %s %s", st, m.Header.Get("Description"))
+			return 0, fmt.Errorf("eventlog: append answered with status %s %s", st, m.Header.Get("Description"))
 		}
-		return errAckEmpty
+		return 0, errAckEmpty
 	}
 	// The common answer, without decoding it.
-	if bytes.HasPrefix(d, []byte(`{"stream":"`)) && d[len(d)-1] == '}' &&
-		bytes.Contains(d, []byte(`"seq":`)) && !bytes.Contains(d, []byte(`"error"`)) {
-		return nil
+	if bytes.HasPrefix(d, []byte(`{"stream":"`)) && d[len(d)-1] == '}' && !bytes.Contains(d, []byte(`"error"`)) {
+		if i := bytes.Index(d, []byte(`"seq":`)); i >= 0 {
+			digits := d[i+len(`"seq":`):]
+			n := 0
+			for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
+				n++
+			}
+			if seq, err := strconv.ParseUint(string(digits[:n]), 10, 64); err == nil {
+				return seq, nil
+			}
+		}
 	}
 	var r struct {
 		Error  *jetstream.APIError `json:"error"`
 		Stream string              `json:"stream"`
+		Seq    uint64              `json:"seq"`
 	}
 	if err := json.Unmarshal(d, &r); err != nil {
-		return fmt.Errorf("eventlog: invalid acknowledgement %q: %w", d, err)
+		return 0, fmt.Errorf("eventlog: invalid acknowledgement %q: %w", d, err)
 	}
 	if r.Error != nil {
-		return r.Error
+		return 0, r.Error
 	}
 	if r.Stream == "" {
-		return fmt.Errorf("eventlog: invalid acknowledgement %q", d)
+		return 0, fmt.Errorf("eventlog: invalid acknowledgement %q", d)
 	}
-	return nil
+	return r.Seq, nil
 }
 
 // run is the appender: it takes events off the queue in batches (up to
@@ -271,7 +282,10 @@ func (l *Log) publish(batch []event.Event) {
 			case p.err == nil:
 				acked++
 				if l.proj != nil && l.ownCurrent(p.ev) {
+					// Always folded (a retried append's duplicate ack may
+					// come after later ones), then the sequence advanced.
 					l.proj.Apply(0, p.ev)
+					l.proj.Advance(p.seq)
 				}
 			case tooLarge(p.err):
 				// Never going to fit: retrying would wedge the appender.
@@ -349,7 +363,8 @@ func (l *Log) attempt(ps []pending) (lastErr error) {
 			if p.answered || p.token != t {
 				continue
 			}
-			p.answered, p.err = true, ackError(m)
+			p.seq, p.err = ackOf(m)
+			p.answered = true
 			if p.err != nil {
 				lastErr = p.err
 			}

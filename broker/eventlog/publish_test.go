@@ -16,22 +16,26 @@ func TestAckError(t *testing.T) {
 		name    string
 		msg     *nats.Msg
 		ok      bool
+		seq     uint64
 		apiCode jetstream.ErrorCode
 	}{
 		{
 			name: "ack",
 			msg:  &nats.Msg{Data: []byte(`{"stream":"WSBROKER_EVENTS","seq":12}`)},
 			ok:   true,
+			seq:  12,
 		},
 		{
 			name: "duplicate",
 			msg:  &nats.Msg{Data: []byte(`{"stream":"WSBROKER_EVENTS","seq":12,"duplicate":true}`)},
 			ok:   true,
+			seq:  12,
 		},
 		{
 			name: "ack with a domain, fields reordered",
 			msg:  &nats.Msg{Data: []byte(`{"seq":3,"domain":"hub","stream":"WSBROKER_EVENTS"}`)},
 			ok:   true,
+			seq:  3,
 		},
 		{
 			name:    "too large",
@@ -62,21 +66,21 @@ func TestAckError(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			err := ackError(c.msg)
-			if (err == nil) != c.ok {
-				t.Fatalf("ackError(%q) = %v, want ok %v",
-					c.msg.Data, err, c.ok)
+			seq, err := ackOf(c.msg)
+			if (err == nil) != c.ok || seq != c.seq {
+				t.Fatalf("ackOf(%q) = %d, %v; want seq %d, ok %v",
+					c.msg.Data, seq, err, c.seq, c.ok)
 			}
 			if c.apiCode != 0 {
 				var api *jetstream.APIError
 				if !errors.As(err, &api) || api.ErrorCode != c.apiCode {
-					t.Fatalf("ackError(%q) = %v, want API error %d",
+					t.Fatalf("ackOf(%q) = %v, want API error %d",
 						c.msg.Data, err, c.apiCode)
 				}
 			}
 		})
 	}
-	if !tooLarge(ackError(cases[3].msg)) {
+	if _, err := ackOf(cases[3].msg); !tooLarge(err) {
 		t.Fatalf("an oversized append's answer is not tooLarge")
 	}
 }
