@@ -38,7 +38,7 @@ unit:
 # Each fuzz target runs for its budget; a crasher fails the build and its
 # input lands in testdata/fuzz to become a regression test.
 fuzz-short:
-	@for pkg in ./authn/ ./broker/; do \
+	@for pkg in ./authn/ ./broker/ ./telemetry/event/; do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep ^Fuzz); do \
 			case $$t in FuzzHandshake) n=$(FUZZ_SLOW);; *) n=$(FUZZ_FAST);; esac; \
 			echo "fuzz $$pkg $$t ($$n)"; \
