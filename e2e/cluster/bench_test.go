@@ -49,6 +49,9 @@ func BenchmarkFanout(b *testing.B) {
 	for _, tc := range cases {
 		for _, window := range []int{64, 1} {
 			b.Run(fmt.Sprintf("%s/window-%d", tc.name, window), func(b *testing.B) {
+				// The brokers run in this process: allocs/op counts theirs
+				// and the clients' per published message.
+				b.ReportAllocs()
 				var nodes []*node
 				if tc.nodes == 1 {
 					nodes = append(nodes, startNode(b, nil, "bench-single", nodeOpts{}))
