@@ -45,7 +45,8 @@ type Principal struct {
 	Alg       string
 	Kid       string
 	// claims is the token's JSON payload, kept for permission claims;
-	// claimMap is it decoded, once, on the first Claim.
+	// claimMap is it decoded, once, on the first Claim findMember cannot
+	// read (claimscan.go).
 	claims   json.RawMessage
 	claimMap map[string]json.RawMessage
 }
