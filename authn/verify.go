@@ -45,7 +45,8 @@ type Principal struct {
 	Alg       string
 	Kid       string
 	// claims is the token's JSON payload, kept for permission claims;
-	// claimMap is it decoded, once, on the first Claim.
+	// claimMap is it decoded, once, on the first Claim findMember cannot
+	// read (claimscan.go).
 	claims   json.RawMessage
 	claimMap map[string]json.RawMessage
 }
@@ -171,6 +172,9 @@ type tokenClaims struct {
 
 func (c *tokenClaims) UnmarshalJSON(b []byte) error {
 	c.raw = append(c.raw[:0], b...)
+	if scanRegistered(b, &c.RegisteredClaims) {
+		return nil
+	}
 	return json.Unmarshal(b, &c.RegisteredClaims)
 }
 
@@ -309,12 +313,27 @@ func (p *Principal) Claim(name string, out any) (bool, error) {
 		return false, nil
 	}
 	if p.claimMap == nil {
+		if m, found, ok := findMember(p.claims, name); ok {
+			return claimInto(name, m.val, found, out)
+		}
+	}
+	return p.claimDecoded(name, out)
+}
+
+// claimDecoded is Claim through a map of the whole payload, for payloads
+// findMember does not read.
+func (p *Principal) claimDecoded(name string, out any) (bool, error) {
+	if p.claimMap == nil {
 		if err := json.Unmarshal(p.claims, &p.claimMap); err != nil {
 			return false, fmt.Errorf("claims: %w", err)
 		}
 	}
 	raw, ok := p.claimMap[name]
-	if !ok {
+	return claimInto(name, raw, ok, out)
+}
+
+func claimInto(name string, raw []byte, found bool, out any) (bool, error) {
+	if !found {
 		return false, nil
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
@@ -326,11 +345,26 @@ func (p *Principal) Claim(name string, out any) (bool, error) {
 // StringsClaim returns a claim holding a string list, or one string of
 // space-separated values (the OAuth `scope` convention).
 func (p *Principal) StringsClaim(name string) ([]string, error) {
+	if len(p.claims) > 0 && p.claimMap == nil {
+		if m, found, ok := findMember(p.claims, name); ok {
+			if !found {
+				return nil, nil
+			}
+			if list, ok := plainStrings(m); ok {
+				return list, nil
+			}
+			return stringsClaim(name, m.val)
+		}
+	}
 	var raw json.RawMessage
 	ok, err := p.Claim(name, &raw)
 	if !ok || err != nil {
 		return nil, err
 	}
+	return stringsClaim(name, raw)
+}
+
+func stringsClaim(name string, raw []byte) ([]string, error) {
 	var list []string
 	if err := json.Unmarshal(raw, &list); err == nil {
 		return list, nil
