@@ -3,12 +3,13 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -70,27 +71,7 @@ func TestKey(t *testing.T) {
 // startNATS runs one NATS server with JetStream on a loopback port.
 func startNATS(t *testing.T) string {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoSigs:    true,
-		NoLog:     true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v",
-			err)
-	}
-	ns.Start()
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("nats server not ready")
-	}
-	return fmt.Sprintf("nats://127.0.0.1:%d", ns.Addr().(*net.TCPAddr).Port)
+	return testkit.StartNATS(t, server.Options{JetStream: true}).ClientURL()
 }
 
 func TestRecover(t *testing.T) {

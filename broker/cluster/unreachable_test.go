@@ -14,25 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
-
-// checkFor polls f every step until it returns nil or total passes, then
-// fails with f's last error.
-func checkFor(t *testing.T, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("checkFor %s: %v",
-				total, err)
-		}
-		time.Sleep(step)
-	}
-}
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -48,24 +31,8 @@ func freePort(t *testing.T) int {
 // startNATSOn runs a NATS server with o on a fixed loopback port.
 func startNATSOn(t *testing.T, port int, o server.Options) {
 	t.Helper()
-	o.Host, o.Port, o.NoSigs, o.NoLog = "127.0.0.1", port, true, true
-	if o.JetStream {
-		o.StoreDir = t.TempDir()
-	}
-	ns, err := server.NewServer(&o)
-	if err != nil {
-		t.Fatalf("nats server: %v",
-			err)
-	}
-	ns.Start()
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("nats server on %d not ready",
-			port)
-	}
+	o.Port = port
+	testkit.StartNATS(t, o)
 }
 
 // TestOpenNATSUnreachable: the node opens while no NATS answers. Open
@@ -127,7 +94,7 @@ func TestOpenNATSUnreachable(t *testing.T) {
 	}
 
 	startNATSOn(t, port, server.Options{JetStream: true})
-	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if !live.Ready() || !hist.Ready() {
 			return errors.New("not ready")
 		}

@@ -15,31 +15,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// checkFor polls f every step until it returns nil or total passes, then
-// fails with f's last error.
-func checkFor(t *testing.T, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	tick := time.NewTicker(step)
-	defer tick.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("checkFor %s: %v",
-				total, err)
-		}
-		<-tick.C
-	}
 }
 
 // fakeMetrics counts what the log reports.
@@ -165,29 +146,8 @@ type natsServer struct {
 
 func startNATS(t *testing.T, port int, dir string) *natsServer {
 	t.Helper()
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	ns, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      port,
-		JetStream: true,
-		StoreDir:  dir,
-		NoSigs:    true,
-		NoLog:     true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v",
-			err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("nats server on port %d not ready",
-			port)
-	}
-	s := &natsServer{ns: ns, port: ns.Addr().(*net.TCPAddr).Port, dir: dir}
-	t.Cleanup(s.stop)
-	return s
+	ns := testkit.StartNATS(t, server.Options{Port: port, JetStream: true, StoreDir: dir})
+	return &natsServer{ns: ns, port: ns.Addr().(*net.TCPAddr).Port, dir: dir}
 }
 
 func (s *natsServer) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port) }

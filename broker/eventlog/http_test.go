@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -29,7 +30,7 @@ func TestAdminAPI(t *testing.T) {
 	l.Observe(ctx, r)
 	l.Observe(ctx, rejected("node-1", 1, 5, authn.ReasonBadSignature))
 	flush(t, l)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if got := l.Projection().Seq(); got != 5 {
 			return fmt.Errorf("projection at %d, want 5", got)
 		}

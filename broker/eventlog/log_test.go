@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -174,7 +175,7 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 	l.Observe(ctx, opened("node-1", 1, 2, 2, "bob"))
 	l.Observe(ctx, opened("node-2", 1, 1, 1, "carol"))
 	flush(t, l)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if p := l.Projection().Presence(); p.Connections != 3 {
 			return fmt.Errorf("presence %+v, want 3 connections", p)
 		}
@@ -186,7 +187,7 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 	// Conn id 1 again, in the new epoch: a different connection.
 	l.Observe(ctx, opened("node-1", 2, 1, 1, "dave"))
 	flush(t, l)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		p := l.Projection().Presence()
 		if p.Connections != 2 || p.Subjects["carol"] != 1 || p.Subjects["dave"] != 1 || len(p.Channels) != 0 {
 			return fmt.Errorf("presence %+v, want carol and dave, no channels", p)
@@ -199,7 +200,7 @@ func TestNodeStartedClosesEarlierEpochs(t *testing.T) {
 	stopped := NodeEvent(event.TypeNodeStopped, "node-2", 1, time.Now())
 	l.Observe(ctx, &stopped)
 	flush(t, l)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		p := l.Projection().Presence()
 		if p.Connections != 1 || p.Subjects["dave"] != 1 {
 			return fmt.Errorf("presence %+v, want dave alone", p)
@@ -253,7 +254,7 @@ func TestRejectionSampling(t *testing.T) {
 		t.Errorf("publish errors %d, want 0 (sampling is not an error)",
 			got)
 	}
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		rj := l.Projection().Rejections()
 		if rj.ByReason["expired"] != burst || rj.ByReason["bad_signature"] != 1 {
 			return fmt.Errorf("rejections by reason %v, want expired %d, bad_signature 1", rj.ByReason, burst)
@@ -390,7 +391,7 @@ func TestReconnectExactlyOnce(t *testing.T) {
 			err)
 	}
 	// The backlog shows while the appender retries.
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if d := m.depth.Load(); d != during {
 			return fmt.Errorf("queue depth %d with NATS down, want %d", d, during)
 		}
@@ -399,7 +400,7 @@ func TestReconnectExactlyOnce(t *testing.T) {
 
 	startNATS(t, s.port, store)
 	flush(t, l)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if d := m.depth.Load(); d != 0 {
 			return fmt.Errorf("queue depth %d after the reconnect, want 0", d)
 		}
@@ -420,7 +421,7 @@ func TestReconnectExactlyOnce(t *testing.T) {
 		t.Errorf("distinct ids %d, want %d",
 			len(ids), before+during)
 	}
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if p := l.Projection().Presence(); p.Subjects["bob"] != during {
 			return fmt.Errorf("presence %+v, want bob %d", p, during)
 		}
@@ -443,7 +444,7 @@ func TestOwnEventsFoldedOnce(t *testing.T) {
 	l.Observe(ctx, rejected("node-1", 5, 11, authn.ReasonMissingToken))
 	l.Observe(ctx, opened("node-2", 9, 1, 1, "bob"))
 	flush(t, l)
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		p := l.Projection()
 		if got := p.Presence().Connections; got != 4 {
 			return fmt.Errorf("presence %d connections, want 4", got)

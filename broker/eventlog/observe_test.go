@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wsbroker/wsbroker/authn"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -69,7 +70,7 @@ func TestTail(t *testing.T) {
 	// Tail starts at "now": keep appending until one arrives, so the test
 	// does not depend on when the consumer became ready.
 	seq := uint64(1)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		seq++
 		l.Observe(ctx, rejected("node-1", 1, seq, authn.ReasonExpired))
 		l.Observe(ctx, opened("node-1", 1, 1000+seq, 1000+seq, "not-a-rejection"))

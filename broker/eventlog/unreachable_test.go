@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
@@ -69,7 +70,7 @@ func TestOpenNATSUnreachable(t *testing.T) {
 		l.Observe(ctx, withConn(opened("node-1", 7, 0, i+1, "alice"), 2*n+i+1, event.TypeConnectionClosed, ""))
 	}
 	const total = 1 + 2*n + 10
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if d := m.depth.Load(); d != total {
 			return fmt.Errorf("queue depth %d with NATS down, want %d", d, total)
 		}
@@ -97,7 +98,7 @@ func TestOpenNATSUnreachable(t *testing.T) {
 	}
 
 	startNATS(t, port, t.TempDir())
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+	testkit.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if !l.Ready() {
 			return errors.New(l.Status())
 		}
@@ -204,24 +205,7 @@ func TestOpenNATSNeverComes(t *testing.T) {
 func TestOpenNATSMisconfigured(t *testing.T) {
 	withOpts := func(t *testing.T, o server.Options) string {
 		t.Helper()
-		o.Host, o.Port, o.NoSigs, o.NoLog = "127.0.0.1", server.RANDOM_PORT, true, true
-		if o.JetStream {
-			o.StoreDir = t.TempDir()
-		}
-		ns, err := server.NewServer(&o)
-		if err != nil {
-			t.Fatalf("nats server: %v",
-				err)
-		}
-		ns.Start()
-		t.Cleanup(func() {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		})
-		if !ns.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("nats server not ready")
-		}
-		return fmt.Sprintf("nats://127.0.0.1:%d", ns.Addr().(*net.TCPAddr).Port)
+		return testkit.StartNATS(t, o).ClientURL()
 	}
 	tests := []struct {
 		name string

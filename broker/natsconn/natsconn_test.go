@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -121,19 +123,7 @@ func TestConnectLater(t *testing.T) {
 		t.Fatalf("subscribe while down: %v",
 			err)
 	}
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatalf("nats server: %v",
-			err)
-	}
-	ns.Start()
-	defer func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("nats server not ready")
-	}
+	testkit.StartNATS(t, server.Options{Port: port})
 	pub, err := nats.Connect(url)
 	if err != nil {
 		t.Fatalf("connect: %v",

@@ -17,6 +17,8 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
 // lockedBuffer is a bytes.Buffer safe for the broker's log writer and the
@@ -263,27 +265,7 @@ func TestServePresence(t *testing.T) {
 // With --nats-url the broker appends to a shared NATS, and `events tail`
 // reads it there while the broker runs.
 func TestServeEventsOverNATSURL(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoSigs:    true,
-		NoLog:     true,
-	})
-	if err != nil {
-		t.Fatalf("nats server: %v",
-			err)
-	}
-	ns.Start()
-	defer func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("nats server not ready")
-	}
-	url := ns.ClientURL()
+	url := testkit.StartNATS(t, server.Options{JetStream: true}).ClientURL()
 
 	_, _, _, stop := serveWithEvents(t, filepath.Join(t.TempDir(), "unused"), "--nats-url", url)
 	defer stop()

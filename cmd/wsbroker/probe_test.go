@@ -33,6 +33,7 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry"
 )
 
@@ -178,24 +179,6 @@ func verifyNoLeaks(t *testing.T) {
 	t.Helper()
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) })
-}
-
-// probeCheckFor polls f until it returns nil or total passes.
-func probeCheckFor(t *testing.T, total, step time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for {
-		if err = f(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(step)
-	}
-	t.Fatalf("condition not met within %s: %v",
-		total, err)
 }
 
 // signProbeToken signs claims (sub, iat, exp, channels by default) with
@@ -474,7 +457,7 @@ func TestProbe(t *testing.T) {
 				}
 			}
 			if tt.countReason != "" {
-				probeCheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+				testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 					if got := tt.srv.upgrades(resultOf(tt.countReason), tt.countReason, tt.countSource); got != before+1 {
 						return fmt.Errorf("wsbroker_upgrades_total{reason=%q,source=%q} = %v, want %v", tt.countReason, tt.countSource, got, before+1)
 					}

@@ -34,26 +34,7 @@ func (s *natsServer) url() string { return "nats://127.0.0.1:" + strconv.Itoa(s.
 
 func (s *natsServer) start() {
 	s.t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "faults-nats",
-		Host:       "127.0.0.1",
-		Port:       s.port,
-		JetStream:  true,
-		StoreDir:   s.store,
-		NoSigs:     true,
-		NoLog:      true,
-	})
-	if err != nil {
-		s.t.Fatalf("nats server: %v",
-			err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		s.t.Fatalf("nats server on %d not ready",
-			s.port)
-	}
-	s.ns = ns
-	s.t.Cleanup(s.stop)
+	s.ns = testkit.StartNATS(s.t, server.Options{ServerName: "faults-nats", Port: s.port, JetStream: true, StoreDir: s.store})
 }
 
 func (s *natsServer) stop() {

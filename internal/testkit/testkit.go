@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -110,4 +111,36 @@ func FreePorts(t testing.TB, n int) []int {
 func FreePort(t testing.TB) int {
 	t.Helper()
 	return FreePorts(t, 1)[0]
+}
+
+// StartNATS runs a NATS server for the test on loopback and stops it at
+// the end of the test (stopping it earlier is fine). o's zero fields get
+// test defaults: host 127.0.0.1, a random port (Port 0 would be NATS's
+// 4222), no signal handlers, no logging, and with JetStream a temporary
+// store. Its URL is ns.ClientURL().
+func StartNATS(t testing.TB, o server.Options) *server.Server {
+	t.Helper()
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = server.RANDOM_PORT
+	}
+	o.NoSigs, o.NoLog = true, true
+	if o.JetStream && o.StoreDir == "" {
+		o.StoreDir = t.TempDir()
+	}
+	ns, err := server.NewServer(&o)
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	ns.Start()
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats server on %s:%d not ready", o.Host, o.Port)
+	}
+	return ns
 }
