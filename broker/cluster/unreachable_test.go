@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,17 +15,6 @@ import (
 	"github.com/wsbroker/wsbroker/broker"
 	"github.com/wsbroker/wsbroker/internal/testkit"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v",
-			err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 // startNATSOn runs a NATS server with o on a fixed loopback port.
 func startNATSOn(t *testing.T, port int, o server.Options) {
@@ -43,7 +31,7 @@ func startNATSOn(t *testing.T, port int, o server.Options) {
 func TestOpenNATSUnreachable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	open := func(node string, history int) *Cluster {
 		t.Helper()
@@ -128,7 +116,7 @@ func TestOpenNATSUnreachable(t *testing.T) {
 // returns at once and leaves no goroutine (goleak in TestMain).
 func TestOpenNATSNeverComes(t *testing.T) {
 	c, err := Open(t.Context(), Config{
-		NATSURLs:        []string{fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))},
+		NATSURLs:        []string{fmt.Sprintf("nats://127.0.0.1:%d", testkit.FreePort(t))},
 		Node:            "n1",
 		Epoch:           1,
 		HistoryMessages: 3,
@@ -173,7 +161,7 @@ func TestOpenNATSMisconfigured(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			port := freePort(t)
+			port := testkit.FreePort(t)
 			startNATSOn(t, port, tt.opts)
 			c, err := Open(t.Context(), Config{
 				NATSURLs:        []string{fmt.Sprintf("nats://127.0.0.1:%d", port)},

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,18 +19,6 @@ import (
 	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
-
-// freePort returns a loopback port free at the time of the call.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v",
-			err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 // getStatus returns the status and body of an admin API GET.
 func getStatus(t *testing.T, h http.Handler, path string) (int, string) {
@@ -48,7 +35,7 @@ func getStatus(t *testing.T, h http.Handler, path string) (int, string) {
 // URL the log sets the stream up, appends the queue in order, every event
 // exactly once, and presence is right.
 func TestOpenNATSUnreachable(t *testing.T) {
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	m := &fakeMetrics{}
 	l := openLog(t, Config{NATSURLs: []string{url}, Metrics: m, PublishTimeout: time.Second})
@@ -165,7 +152,7 @@ func TestOpenNATSUnreachable(t *testing.T) {
 // deadline, counts the queued events as lost (error and publish errors),
 // and leaves no goroutine behind (goleak in TestMain).
 func TestOpenNATSNeverComes(t *testing.T) {
-	url := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	url := fmt.Sprintf("nats://127.0.0.1:%d", testkit.FreePort(t))
 	m := &fakeMetrics{}
 	l, err := Open(testContext(t), Config{NATSURLs: []string{url}, Node: "node-1", Metrics: m})
 	if err != nil {
