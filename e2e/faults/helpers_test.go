@@ -452,7 +452,7 @@ func (w *wsConn) next(t testing.TB, d time.Duration) map[string]any {
 	_ = w.c.SetReadDeadline(time.Now().Add(d))
 	defer w.c.SetReadDeadline(time.Time{})
 	for {
-		f, err := ws.ReadFrame(w.br)
+		f, err := wsframe.Read(w.br, wsframe.DefaultLimit)
 		if err != nil {
 			t.Fatalf("no frame within %s: %v",
 				d, err)
