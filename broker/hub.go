@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
@@ -17,6 +18,31 @@ type hub struct {
 	bus Bus
 	mu  sync.RWMutex
 	ch  map[string]*channel
+
+	// busLog rate-limits the warning of failed bus publishes: one line,
+	// then at most one per busLogEvery with the count since.
+	busLogMu   sync.Mutex
+	busLogLast time.Time
+	busLogN    int
+}
+
+const busLogEvery = 10 * time.Second
+
+// busFailed logs a publish the bus could not take (delivered on this node
+// only; counted as wsbroker_messages_dropped_total{reason="bus"}), without
+// a line per message through an outage.
+func (h *hub) busFailed(err error) {
+	h.busLogMu.Lock()
+	h.busLogN++
+	now := h.s.now()
+	if !h.busLogLast.IsZero() && now.Sub(h.busLogLast) < busLogEvery {
+		h.busLogMu.Unlock()
+		return
+	}
+	n := h.busLogN
+	h.busLogLast, h.busLogN = now, 0
+	h.busLogMu.Unlock()
+	h.s.log.Warn("bus publish failed; delivered on this node only", "err", err, "failed_publishes", n)
 }
 
 type channel struct {
@@ -172,7 +198,8 @@ func (h *hub) publish(ctx context.Context, name string, data []byte) (uint64, er
 	off := h.deliver(name, 0, data)
 	if h.bus != nil {
 		if _, err := h.bus.Publish(ctx, name, data); err != nil {
-			h.s.log.Warn("bus publish failed; delivered on this node only", "err", err)
+			h.s.metrics.Dropped(telemetry.DropBus)
+			h.busFailed(err)
 		}
 	}
 	return off, nil

@@ -43,10 +43,13 @@ const (
 	DropSlowConsumer DropReason = iota
 	DropPermissionDenied
 	DropInvalid
+	// DropBus: a message delivered on this node that the bus could not
+	// take to the other nodes.
+	DropBus
 	numDropReasons
 )
 
-var dropLabels = [numDropReasons]string{"slow_consumer", "permission_denied", "invalid"}
+var dropLabels = [numDropReasons]string{"slow_consumer", "permission_denied", "invalid", "bus"}
 
 func (d DropReason) String() string { return dropLabels[d] }
 

@@ -493,6 +493,12 @@ func (c *Cluster) Sync(ctx context.Context, channel string) error {
 func (c *Cluster) Publish(ctx context.Context, channel string, data []byte) (uint64, error) {
 	m := &nats.Msg{Header: nats.Header{OriginHeader: []string{c.cfg.Node}}, Data: data}
 	if !c.History() {
+		if !c.nc.HeadersSupported() {
+			// Never connected yet: nats.go has not learned that the server
+			// takes headers and refuses the message rather than buffer it.
+			// Once connected, an outage buffers publishes (reconnect buffer).
+			return 0, c.unavailable("publish to " + strconv.Quote(channel) + " for the other nodes")
+		}
 		m.Subject = MsgPrefix + Token(channel)
 		if err := c.nc.PublishMsg(m); err != nil {
 			return 0, fmt.Errorf("cluster: publish to %q: %w", channel, err)
