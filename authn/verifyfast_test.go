@@ -128,7 +128,7 @@ func TestVerifyFastPath(t *testing.T) {
 		{name: "RS256 JWKS key, no kid", token: sign(t, jwt.SigningMethodRS256, "", claims(nil), kidKey), reason: ReasonBadSignature},
 		{name: "ES256", token: sign(t, jwt.SigningMethodES256, "", claims(nil), ecKey), fast: true},
 		{name: "EdDSA", token: sign(t, jwt.SigningMethodEdDSA, "", claims(nil), edKey), fast: true},
-		{name: "white space around the claims", token: hs(` {"alg":"HS256"} `, "\n\t"+good+" \r\n"), fast: true},
+		{name: "white space in the header, around the claims", token: hs(`{ "alg" : "HS256" } `, "\n\t"+good+" \r\n"), fast: true},
 		{name: "empty kid", token: hs(`{"alg":"HS256","kid":"","typ":"JWT","x":"y"}`, good), fast: true},
 		{name: "iat within leeway", token: sign(t, jwt.SigningMethodHS256, "", claims(jwt.MapClaims{"iat": now.Add(20 * time.Second).Unix()}), secret), fast: true},
 
@@ -154,6 +154,7 @@ func TestVerifyFastPath(t *testing.T) {
 		{name: "non-string member", token: hs(`{"alg":"HS256","n":1}`, good), reason: ReasonNone},
 		{name: "non-string kid", token: hs(`{"alg":"HS256","kid":7}`, good), reason: ReasonNone},
 		{name: "CRIT", token: hs(`{"alg":"HS256","CRIT":["x"]}`, good), reason: ReasonNone},
+		{name: "white space before the header", token: hs(` {"alg":"HS256"}`, good), reason: ReasonNone},
 		{name: "nine members", token: hs(`{"alg":"HS256","a":"","b":"","c":"","d":"","e":"","f":"","g":"","h":""}`, good), reason: ReasonNone},
 		{name: "registered claim as a string", token: hs(`{"alg":"HS256"}`, `{"sub":"a","iss":"https://issuer.example","aud":"wsbroker","exp":"1800003600"}`), reason: ReasonNone},
 		{name: "escaped sub", token: hs(`{"alg":"HS256"}`, `{"sub":"\u0061","iss":"https://issuer.example","aud":"wsbroker","exp":1800003600}`), reason: ReasonNone},
@@ -298,4 +299,26 @@ func FuzzVerifyFastPath(f *testing.F) {
 			sameOutcome(t, p[0], p[1], tok)
 		}
 	})
+}
+
+// TestVerifyFastPathAllocs pins the allocations of an accepted HS256
+// token: header, payload and signature buffers, the signing string, the
+// claims' strings and dates, the claims, the key list, the validator's
+// error list and HMAC's own.
+func TestVerifyFastPathAllocs(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	now := time.Now()
+	v, err := NewVerifier(context.Background(), VerifyConfig{HMACSecret: secret, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, jwt.SigningMethodHS256, "", jwt.MapClaims{"sub": "u", "exp": now.Add(time.Hour).Unix(), "iat": now.Unix(), "channels": []string{"a"}}, secret)
+	n := testing.AllocsPerRun(100, func() {
+		if _, vd := v.Verify(context.Background(), tok); vd.Reason != ReasonNone {
+			t.Fatal(vd.Reason)
+		}
+	})
+	if n > 16 {
+		t.Fatalf("Verify: %v allocations, want at most 16", n)
+	}
 }
