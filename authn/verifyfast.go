@@ -13,6 +13,12 @@ package authn
 // any failure it reports ok=false and Verify runs the Parser, so every
 // rejection's Verdict comes from there. FuzzVerifyFastPath checks that
 // both paths give the same Principal and Verdict.
+// Measured (medians of 5 interleaved runs, 2 noisy cores): BenchmarkVerify
+// HS256 4.8 → 2.1 µs (38 → 16 allocs), RS256 37.5 → 33.9 µs,
+// BenchmarkUpgrade/accepted-HS256-header 23.2 → 19.0 µs (67 → 45 allocs).
+// The price is on a bad signature, checked twice (here, then by the
+// Parser for the verdict): HS256-bad_signature 5.4 → 8.6 µs,
+// RS256-bad_signature 38 → 75 µs.
 
 import (
 	"bytes"
