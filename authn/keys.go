@@ -178,6 +178,8 @@ var (
 	errKeysUnavailable = errors.New("key set unavailable")
 	errAlgNotAllowed   = errors.New("algorithm not allowed")
 	errCritHeader      = errors.New("token has a crit header parameter; no extension is understood")
+	// errNeedFetch never reaches a verdict: the fast path falls back on it.
+	errNeedFetch = errors.New("kid not cached")
 )
 
 // RefreshHook observes a JWKS fetch: it is called as the fetch starts and
@@ -259,11 +261,16 @@ func (t *refreshTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 }
 
 // lookup returns the keys for kid ("" = every key of the family), fetching
-// the set again (rate-limited) when kid is unknown.
-func (r *remoteKeys) lookup(ctx context.Context, kid string, kind keyKind) ([]jwt.VerificationKey, error) {
+// the set again (rate-limited) when kid is unknown; with fetch false an
+// unknown kid is errNeedFetch, and neither the set nor the limiter is
+// touched.
+func (r *remoteKeys) lookup(ctx context.Context, kid string, kind keyKind, fetch bool) ([]jwt.VerificationKey, error) {
 	store := r.kf.Storage()
 	if kid != "" {
 		j, ok := r.cached(ctx, kid)
+		if !ok && !fetch {
+			return nil, errNeedFetch
+		}
 		if !ok && r.refresh.Allow() {
 			var err error
 			j, err = store.KeyRead(ctx, kid) // refreshes on a miss

@@ -72,6 +72,12 @@ type Verifier struct {
 	remote   *remoteKeys
 	now      func() time.Time
 	audience string
+	// validator is the parser's claims validation, built from the same
+	// options, for the fast path (verifyfast.go).
+	validator *jwt.Validator
+	// noFastPath sends every token through the parser (tests compare the
+	// two).
+	noFastPath bool
 }
 
 // NewVerifier loads keys and returns a Verifier. ctx bounds the JWKS
@@ -140,6 +146,7 @@ func NewVerifier(ctx context.Context, cfg VerifyConfig) (*Verifier, error) {
 		opts = append(opts, jwt.WithAudience(cfg.Audience))
 	}
 	v.parser = jwt.NewParser(opts...)
+	v.validator = jwt.NewValidator(opts...)
 	return v, nil
 }
 
@@ -181,6 +188,11 @@ func (c *tokenClaims) UnmarshalJSON(b []byte) error {
 // Verify checks token and returns the principal, or a verdict whose Reason
 // is not ReasonNone.
 func (v *Verifier) Verify(ctx context.Context, token []byte) (Principal, Verdict) {
+	if !v.noFastPath {
+		if p, vd, ok := v.verifyFast(ctx, token); ok {
+			return p, vd
+		}
+	}
 	var c tokenClaims
 	t, err := v.parser.ParseWithClaims(string(token), &c, func(t *jwt.Token) (any, error) {
 		return v.keyFor(ctx, t)
@@ -217,12 +229,19 @@ func (v *Verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
 		// extension must reject the token; this one understands none.
 		return nil, errCritHeader
 	}
-	alg := t.Method.Alg()
+	kid, _ := t.Header["kid"].(string)
+	return v.keyForAlg(ctx, t.Method.Alg(), kid, true)
+}
+
+// keyForAlg is keyFor after the header checks. With fetch false a kid the
+// JWKS cache does not hold is errNeedFetch instead of a refresh: the fast
+// path then leaves the token to the full one, so the refresh and its
+// limiter are only ever reached from there.
+func (v *Verifier) keyForAlg(ctx context.Context, alg, kid string, fetch bool) (any, error) {
 	if !v.algs[alg] {
 		return nil, errAlgNotAllowed
 	}
 	kind := kindOfAlg(alg)
-	kid, _ := t.Header["kid"].(string)
 	var keys jwt.VerificationKeySet
 	if kid != "" {
 		for _, k := range v.byKid[kid] {
@@ -248,7 +267,7 @@ func (v *Verifier) keyFor(ctx context.Context, t *jwt.Token) (any, error) {
 		}
 	}
 	if len(keys.Keys) == 0 && v.remote != nil {
-		rk, err := v.remote.lookup(ctx, kid, kind)
+		rk, err := v.remote.lookup(ctx, kid, kind, fetch)
 		if err != nil {
 			return nil, err
 		}
