@@ -47,8 +47,8 @@ func sameOutcome(t *testing.T, fast, full *Verifier, token []byte) (Principal, V
 		t.Fatalf("principals differ for %q:\nfast %+v %q\nfull %+v %q",
 			token, p1, p1.claims, p2, p2.claims)
 	}
-	if took && vd1.Reason != ReasonNone {
-		t.Fatalf("fast path accepted %q, which the parser refuses (%s)",
+	if took && vd1.Reason != ReasonNone && vd1.Reason != ReasonBadSignature {
+		t.Fatalf("fast path decided %q, which the parser refuses (%s): it decides acceptances and bad signatures only",
 			token, vd1.Reason)
 	}
 	return p1, vd1, took
@@ -125,7 +125,7 @@ func TestVerifyFastPath(t *testing.T) {
 		{name: "PS384", token: sign(t, jwt.SigningMethodPS384, "", claims(nil), rsaKey), fast: true},
 		{name: "RS256 JWKS kid", token: sign(t, jwt.SigningMethodRS256, "k1", claims(nil), kidKey), fast: true},
 		{name: "RS256 kid unknown, key without kid", token: sign(t, jwt.SigningMethodRS256, "nope", claims(nil), rsaKey), fast: true},
-		{name: "RS256 JWKS key, no kid", token: sign(t, jwt.SigningMethodRS256, "", claims(nil), kidKey), reason: ReasonBadSignature},
+		{name: "RS256 JWKS key, no kid", token: sign(t, jwt.SigningMethodRS256, "", claims(nil), kidKey), reason: ReasonBadSignature, fast: true},
 		{name: "ES256", token: sign(t, jwt.SigningMethodES256, "", claims(nil), ecKey), fast: true},
 		{name: "EdDSA", token: sign(t, jwt.SigningMethodEdDSA, "", claims(nil), edKey), fast: true},
 		{name: "white space in the header, around the claims", token: hs(`{ "alg" : "HS256" } `, "\n\t"+good+" \r\n"), fast: true},
@@ -140,8 +140,8 @@ func TestVerifyFastPath(t *testing.T) {
 		{name: "no audience", token: sign(t, jwt.SigningMethodHS256, "", claims(jwt.MapClaims{"aud": nil}), secret), reason: ReasonMissingClaim},
 		{name: "wrong audience", token: sign(t, jwt.SigningMethodHS256, "", claims(jwt.MapClaims{"aud": "x"}), secret), reason: ReasonWrongAudience},
 		{name: "no sub", token: sign(t, jwt.SigningMethodHS256, "", claims(jwt.MapClaims{"sub": nil}), secret), reason: ReasonMissingClaim},
-		{name: "bad signature", token: sign(t, jwt.SigningMethodHS256, "", claims(nil), []byte("another secret, another secret!!")), reason: ReasonBadSignature},
-		{name: "RS256 JWKS kid, other key", token: sign(t, jwt.SigningMethodRS256, "k1", claims(nil), rsaKey), reason: ReasonBadSignature},
+		{name: "bad signature", token: sign(t, jwt.SigningMethodHS256, "", claims(nil), []byte("another secret, another secret!!")), reason: ReasonBadSignature, fast: true},
+		{name: "RS256 JWKS kid, other key", token: sign(t, jwt.SigningMethodRS256, "k1", claims(nil), rsaKey), reason: ReasonBadSignature, fast: true},
 		{name: "crit", token: hs(`{"alg":"HS256","crit":"x"}`, good), reason: ReasonMalformedToken},
 		{name: "alg none", token: []byte(base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none"}`)) + "." + base64.RawURLEncoding.EncodeToString([]byte(good)) + "."), reason: ReasonAlgNotAllowed},
 		{name: "made-up alg", token: hs(`{"alg":"HS257"}`, good), reason: ReasonAlgNotAllowed},
@@ -172,7 +172,7 @@ func TestVerifyFastPath(t *testing.T) {
 				t.Fatalf("fast path taken: %v, want %v",
 					took, tt.fast)
 			}
-			if tt.fast && p.Subject != "a" {
+			if tt.fast && tt.reason == ReasonNone && p.Subject != "a" {
 				t.Fatalf("subject %q",
 					p.Subject)
 			}
