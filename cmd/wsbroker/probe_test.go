@@ -33,8 +33,8 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/broker/brokertest"
 	"github.com/wsbroker/wsbroker/internal/testkit"
-	"github.com/wsbroker/wsbroker/telemetry"
 )
 
 var probeSecret = []byte("0123456789abcdef0123456789abcdef-probe-test")
@@ -57,71 +57,21 @@ type probeServerOpts struct {
 
 func startProbeServer(t *testing.T, o probeServerOpts) *probeServer {
 	t.Helper()
-	if o.sources == "" {
-		o.sources = "header,subprotocol"
+	bo := brokertest.Options{
+		Secret:  probeSecret,
+		Sources: o.sources,
+		Verify:  o.verify,
+		Origins: o.origins,
+		Config: func(c *broker.Config) {
+			c.Node = "probe-test"
+			c.RejectMode = o.mode
+		},
 	}
-	sources, err := authn.ParseSources(o.sources)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ecfg := authn.DefaultExtractConfig()
-	ecfg.Sources = sources
-	ex, err := authn.NewExtractor(ecfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vcfg := authn.VerifyConfig{HMACSecret: probeSecret}
-	if o.verify != nil {
-		o.verify(&vcfg)
-	}
-	vctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	ver, err := authn.NewVerifier(vctx, vcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	origins, err := authn.ParseOrigins(o.origins)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	m := telemetry.NewMetrics(reg, "test")
-	cfg := broker.DefaultConfig()
-	cfg.Node = "probe-test"
-	cfg.RejectMode = o.mode
-	cfg.FailureBurst = 0
-	srv, err := broker.New(cfg, broker.Deps{
-		Extractor: ex,
-		Verifier:  ver,
-		Origins:   origins,
-		Metrics:   m,
-		Sink:      m,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	scheme := "ws"
 	if o.tls {
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
-		scheme = "wss"
+		bo.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
 	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("broker close: %v",
-				err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("broker serve: %v",
-				err)
-		}
-	})
-	return &probeServer{t: t, url: scheme + "://" + ln.Addr().String() + "/ws", reg: reg}
+	b := brokertest.Start(t, bo)
+	return &probeServer{t: t, url: b.URL, reg: b.Registry}
 }
 
 // selfSigned returns a certificate for 127.0.0.1 valid for an hour.

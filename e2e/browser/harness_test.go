@@ -27,9 +27,9 @@ import (
 
 	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/broker/brokertest"
 	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/internal/wsframe"
-	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/tracing"
 )
@@ -330,39 +330,18 @@ type brokerOpts struct {
 
 func newTestBroker(t *testing.T, o brokerOpts) *testBroker {
 	t.Helper()
-	if o.sources == "" {
-		o.sources = "header,subprotocol"
-	}
-	sources, err := authn.ParseSources(o.sources)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ecfg := authn.DefaultExtractConfig()
-	ecfg.Sources = sources
-	ex, err := authn.NewExtractor(ecfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	ver, err := authn.NewVerifier(vctx, authn.VerifyConfig{HMACSecret: testSecret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	origins, err := authn.ParseOrigins(o.origins)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	m := telemetry.NewMetrics(reg, "e2e")
 	rec := &eventRecorder{}
-	b := &testBroker{t: t, reg: reg, events: rec}
-	deps := broker.Deps{
-		Extractor: ex,
-		Verifier:  ver,
-		Origins:   origins,
-		Metrics:   m,
-		Sink:      event.Sinks{m, rec},
+	b := &testBroker{t: t, events: rec}
+	bo := brokertest.Options{
+		Secret:  testSecret,
+		Sources: o.sources,
+		Origins: o.origins,
+		Sinks:   []event.Sink{rec},
+		Addr:    o.addr,
+		Config: func(c *broker.Config) {
+			c.Node = "e2e"
+			c.RejectMode = o.rejectMode
+		},
 	}
 	if o.tracing {
 		b.spans = tracetest.NewInMemoryExporter()
@@ -377,38 +356,10 @@ func newTestBroker(t *testing.T, o brokerOpts) *testBroker {
 			}
 		})
 		b.tp = tp
-		deps.Traces = tp
+		bo.Traces = tp
 	}
-	cfg := broker.DefaultConfig()
-	cfg.Node = "e2e"
-	cfg.RejectMode = o.rejectMode
-	// Browsers retry nothing, but a whole run fails many handshakes from
-	// one address: the rate limit is not under test here.
-	cfg.FailureBurst = 0
-	srv, err := broker.New(cfg, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o.addr == "" {
-		o.addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", o.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("broker close: %v",
-				err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("broker serve: %v",
-				err)
-		}
-	})
-	b.srv, b.addr = srv, ln.Addr().String()
+	bb := brokertest.Start(t, bo)
+	b.srv, b.addr, b.reg = bb.Server, bb.Addr, bb.Registry
 	return b
 }
 

@@ -14,11 +14,10 @@ import (
 
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/wsbroker/wsbroker/authn"
 	"github.com/wsbroker/wsbroker/broker"
+	"github.com/wsbroker/wsbroker/broker/brokertest"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
-	"github.com/wsbroker/wsbroker/telemetry/redact"
 	"github.com/wsbroker/wsbroker/telemetry/tracing"
 )
 
@@ -142,42 +141,24 @@ func benchBroker(b *testing.B, level telemetryLevel) string {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
-	ex, err := authn.NewExtractor(authn.DefaultExtractConfig())
-	if err != nil {
-		b.Fatalf("extractor: %v",
-			err)
-	}
-	ver, err := authn.NewVerifier(ctx, authn.VerifyConfig{HMACSecret: testSecret})
-	if err != nil {
-		b.Fatalf("verifier: %v",
-			err)
-	}
-	origins, err := authn.ParseOrigins(nil)
-	if err != nil {
-		b.Fatalf("origins: %v",
-			err)
-	}
-	reg := telemetry.NewRegistry()
-	metrics := telemetry.NewMetrics(reg, "bench")
-	deps := broker.Deps{
-		Extractor: ex,
-		Verifier:  ver,
-		Origins:   origins,
-		Metrics:   metrics,
-		Sink:      event.Sinks{},
-		Redactor:  redact.New(),
-	}
 	logger, err := telemetry.NewLogger(io.Discard, "json", slog.LevelInfo)
 	if err != nil {
 		b.Fatalf("logger: %v",
 			err)
 	}
+	o := brokertest.Options{
+		Secret:   testSecret,
+		Registry: telemetry.NewRegistry(),
+		Config: func(c *broker.Config) {
+			c.Node = "bench"
+			c.MaxConnsPerSubject = 0
+		},
+	}
 	switch level {
-	case telemetryMetrics:
-		deps.Sink = event.Sinks{metrics}
+	case telemetryOff:
+		o.NoEventMetrics = true
 	case telemetryLogs:
-		deps.Sink = event.Sinks{metrics, telemetry.NewEventLogger(logger)}
-		deps.Logger = logger
+		o.Sinks, o.Logger = []event.Sink{telemetry.NewEventLogger(logger)}, logger
 	case telemetryFull:
 		tp, err := tracing.NewProvider(ctx, tracing.Config{
 			ServiceVersion: "bench",
@@ -195,35 +176,7 @@ func benchBroker(b *testing.B, level telemetryLevel) string {
 					err)
 			}
 		})
-		deps.Sink = event.Sinks{metrics, telemetry.NewEventLogger(logger)}
-		deps.Logger = logger
-		deps.Traces = tp
+		o.Sinks, o.Logger, o.Traces = []event.Sink{telemetry.NewEventLogger(logger)}, logger, tp
 	}
-	cfg := broker.DefaultConfig()
-	cfg.Node = "bench"
-	cfg.MaxConnsPerSubject = 0
-	cfg.FailureBurst = 0
-	srv, err := broker.New(cfg, deps)
-	if err != nil {
-		b.Fatalf("broker: %v",
-			err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatalf("listen: %v",
-			err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	b.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			b.Errorf("close: %v",
-				err)
-		}
-		if err := <-done; err != nil {
-			b.Errorf("serve: %v",
-				err)
-		}
-	})
-	return ln.Addr().String()
+	return brokertest.Start(b, o).Addr
 }
