@@ -114,7 +114,7 @@ func (s *Server) open(h *handshake) {
 	if c.protocol {
 		e.Subprotocol = authn.Protocol
 	}
-	e.TokenExpiry = h.principal.ExpiresAt
+	e.TokenExpiry = eventExpiry(h.principal.ExpiresAt)
 	e.Duration = s.now().Sub(h.start)
 	h.traceEvent(e)
 
@@ -501,7 +501,7 @@ func (c *Conn) close(reason event.CloseReason, code ws.StatusCode, text string) 
 	_ = c.nc.SetWriteDeadline(c.s.now())
 	c.wmu.Lock()
 	if reason != event.CloseClientClosed || code != ws.StatusNoStatusRcvd {
-		_ = c.nc.SetWriteDeadline(c.s.now().Add(time.Second))
+		_ = c.nc.SetWriteDeadline(closeFrameDeadline(c.nc, c.s.now()))
 		if code == ws.StatusNoStatusRcvd || code == ws.StatusAbnormalClosure {
 			code, text = ws.StatusNormalClosure, ""
 		}
@@ -604,4 +604,18 @@ func (p *writerPool) schedule(c *Conn) {
 func (p *writerPool) close() {
 	p.once.Do(func() { close(p.done) })
 	p.wg.Wait()
+}
+
+// maxEventTime is the latest time an event can carry: RFC 3339 has four
+// digits for the year.
+var maxEventTime = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+
+// eventExpiry is a token's expiry as events carry it: a token may say it
+// expires after the year 9999 (exp is any number), which no event could
+// encode; it is recorded as the last second of 9999.
+func eventExpiry(t time.Time) time.Time {
+	if t.After(maxEventTime) {
+		return maxEventTime
+	}
+	return t
 }

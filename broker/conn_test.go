@@ -437,3 +437,24 @@ func TestLimitRaceAfterUpgrade(t *testing.T) {
 		t.Fatalf("connections gauge %v, want 1 (the winner)", got)
 	}
 }
+
+// TestFarExpiryEvent: a valid token whose exp lies past the year 9999 (any
+// number is a valid exp) is accepted, and its connection.opened event
+// carries the last second of 9999, which the event log can encode, instead
+// of a time no event can carry.
+func TestFarExpiryEvent(t *testing.T) {
+	b := newTestBroker(t, brokerOpts{})
+	c := validClaims("far")
+	c["exp"] = int64(253402300800 + 86400) // 10000-01-02
+	r := b.doHandshake(handshakeReq{headers: [][2]string{auth(hsToken(t, c))}})
+	if r.resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", r.resp.StatusCode)
+	}
+	e := b.events.next(t, event.TypeConnectionOpened)
+	if !e.TokenExpiry.Equal(maxEventTime) {
+		t.Fatalf("token expiry in the event %s, want %s", e.TokenExpiry, maxEventTime)
+	}
+	if _, err := e.AppendJSON(nil); err != nil {
+		t.Fatalf("the event does not encode: %v", err)
+	}
+}

@@ -25,7 +25,9 @@ import (
 // socket is non-blocking (Go accepted it so); a read or write that would
 // block waits in poll(2) until its deadline, which happens only for a frame
 // that arrives in pieces or a peer that does not read. Those waits hold a
-// thread, and are bounded by the poller's and the writer pool's workers.
+// thread, and are bounded by the poller's and the writer pool's workers;
+// closes, which run on goroutines of their own, write their close frame
+// without waiting (closeFrameDeadline).
 //
 // Close may run while a Read or Write is in progress on another goroutine:
 // users hold a reference, Close shuts the socket down (which ends their
@@ -91,14 +93,21 @@ func (c *fdConn) Close() error {
 		if s&fdClosedBit != 0 {
 			return net.ErrClosed
 		}
-		if !c.state.CompareAndSwap(s, s|fdClosedBit) {
-			continue
-		}
 		if s == 0 {
+			if !c.state.CompareAndSwap(0, fdClosedBit) {
+				continue
+			}
 			return unix.Close(c.fd)
 		}
-		// Wake the waits of the calls in progress; the last one closes.
+		// Calls are in progress: take a reference of our own with the
+		// closed bit, so that the descriptor cannot be closed (and its
+		// number reused by another socket) between the bit and the
+		// shutdown that wakes their waits; the last one out closes it.
+		if !c.state.CompareAndSwap(s, (s+1)|fdClosedBit) {
+			continue
+		}
 		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		c.release()
 		return nil
 	}
 }
@@ -287,3 +296,15 @@ var errRawIO = errors.New("broker: fdConn raw Read/Write are not supported")
 
 func (r *fdRaw) Read(func(fd uintptr) bool) error  { return errRawIO }
 func (r *fdRaw) Write(func(fd uintptr) bool) error { return errRawIO }
+
+// closeFrameDeadline is the write deadline of a close frame. On an fdConn a
+// wait would hold an OS thread, and closes run on goroutines of their own
+// (10,000 slow consumers closed at once would be 10,000 threads): the
+// frame is written if the socket takes it now, else dropped (the FIN
+// follows). Other connections park a goroutine, not a thread: a second.
+func closeFrameDeadline(nc net.Conn, now time.Time) time.Time {
+	if _, ok := nc.(*fdConn); ok {
+		return now
+	}
+	return now.Add(time.Second)
+}

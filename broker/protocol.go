@@ -224,7 +224,7 @@ func (s *Server) refresh(c *Conn, m *clientMessage) {
 	c.armExpiry(p.ExpiresAt)
 	e := s.getEvent()
 	e.Type = event.TypeTokenRefreshed
-	e.ConnID, e.Subject, e.TokenExpiry = c.id, c.subject, p.ExpiresAt
+	e.ConnID, e.Subject, e.TokenExpiry = c.id, c.subject, eventExpiry(p.ExpiresAt)
 	s.emit(context.Background(), e)
 	s.putEvent(e)
 	c.sendAck(m.ID, "")

@@ -541,7 +541,10 @@ func (l *Log) startProjection(ctx context.Context) error {
 		}
 		return nil
 	case <-ctx.Done():
+		// Wait for the consumer's callback to end: the caller may start
+		// over with a fresh projection.
 		l.projCC.Stop()
+		<-l.projCC.Closed()
 		return fmt.Errorf("eventlog: replay of %s (%d events): %w", StreamName, last, ctx.Err())
 	}
 }
@@ -628,12 +631,18 @@ func (l *Log) enqueue(e *event.Event) {
 	l.enqueued.Add(1)
 	if !l.queue.push(e) {
 		l.enqueued.Add(^uint64(0))
-		l.publishError()
-		// Lost to the log, but this node's own projection need not lose it
-		// too: a dropped close would otherwise leave a ghost in presence.
-		if l.proj != nil {
-			l.proj.ApplyDropped(e)
-		}
+		l.lostOne(e)
+	}
+}
+
+// lostOne counts an event of this node the log could not store (its queue
+// was full, or NATS refused it for good) and still folds it into this
+// node's projection: a lost open would miss a live connection, and a lost
+// close would otherwise leave a ghost in presence.
+func (l *Log) lostOne(e *event.Event) {
+	l.publishError()
+	if l.proj != nil {
+		l.proj.ApplyDropped(e)
 	}
 }
 
@@ -711,7 +720,16 @@ func (l *Log) Close(ctx context.Context) error {
 			l.abandon()
 		}
 		l.setupCancel()
-		l.wg.Wait()
+		// An event observed while Close ran can still be in the final
+		// drain; if NATS fails then, its retries end at ctx's deadline.
+		done := make(chan struct{})
+		go func() { l.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			l.abandon()
+			<-done
+		}
 	}
 	l.abandon()
 	l.setupCancel()

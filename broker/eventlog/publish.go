@@ -98,6 +98,10 @@ func (l *Log) closeAcker() {
 // send publishes one attempt of p's append.
 func (a *acker) send(nc *nats.Conn, p *pending) error {
 	e := p.ev
+	// The token first, also for an event that fails to encode: the acks
+	// are matched to the batch by token - first.
+	p.token = a.next
+	a.next++
 	var err error
 	a.buf, err = e.AppendJSON(a.buf[:0])
 	if err != nil {
@@ -117,8 +121,6 @@ func (a *acker) send(nc *nats.Conn, p *pending) error {
 	if e.Epoch != a.epoch || a.epStr == "" {
 		a.epoch, a.epStr = e.Epoch, strconv.FormatUint(e.Epoch, 10)
 	}
-	p.token = a.next
-	a.next++
 	a.reply = strconv.AppendUint(append(a.reply[:0], a.prefix...), p.token, 36)
 	a.msg.Reply = string(a.reply)
 	a.msg.Data = a.buf
@@ -283,18 +285,24 @@ func (l *Log) publish(batch []event.Event) {
 				acked++
 				if l.proj != nil && l.ownCurrent(p.ev) {
 					// Always folded (a retried append's duplicate ack may
-					// come after later ones), then the sequence advanced.
+					// come after later ones). The sequence advances here
+					// only on the embedded NATS, where this log is the only
+					// writer: on a shared one, the consumer may not have
+					// delivered another node's event stored just before,
+					// and advancing past it would make Apply skip it.
 					l.proj.Apply(0, p.ev)
-					l.proj.Advance(p.seq)
+					if l.ns != nil {
+						l.proj.Advance(p.seq)
+					}
 				}
 			case tooLarge(p.err):
 				// Never going to fit: retrying would wedge the appender.
 				l.log.Warn("eventlog: event too large for NATS", "subject", Subject(p.ev.Node, p.ev.Type), "err", p.err)
-				l.publishError()
+				l.lostOne(p.ev)
 				acked++
 			case unencodable(p.err):
 				l.log.Warn("eventlog: event not encodable", "type", p.ev.Type.String(), "err", p.err)
-				l.publishError()
+				l.lostOne(p.ev)
 				acked++
 			default:
 				failed = append(failed, p)

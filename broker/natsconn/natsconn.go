@@ -6,13 +6,15 @@
 // Unreachable (the broker starts, queues and retries): no server answers
 // (connection refused, a dial or TLS handshake timeout, a host name that
 // does not resolve yet), the connection ends before the handshake, a
-// JetStream request times out or finds no responders, JetStream answers
-// that its cluster is not available (no meta leader or no quorum yet).
+// JetStream request times out, JetStream answers that its cluster is not
+// available (no meta leader or no quorum yet).
 //
 // Misconfigured (the broker does not start): an unreadable or malformed
 // credentials file or CA file, an authorization or TLS verification error,
-// JetStream disabled on the server, a stream or bucket whose existing
-// configuration conflicts with the flags, any other JetStream API error.
+// JetStream disabled on the server (also when a JetStream request finds no
+// responders: a server enables JetStream before it accepts clients), a
+// stream or bucket whose existing configuration conflicts with the flags,
+// any other JetStream API error.
 package natsconn
 
 import (
