@@ -533,19 +533,30 @@ func (l *Log) startProjection(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("eventlog: projection consume: %w", err)
 	}
-	select {
-	case <-caught:
-		if l.ns != nil {
+	// Caught up is seen in a delivery; if the messages up to last expire
+	// (MaxAge) before the consumer fetches them, none comes: the stream's
+	// state says so instead.
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		select {
+		case <-caught:
+			if l.ns != nil {
+				l.projCC.Stop()
+				<-l.projCC.Closed()
+			}
+			return nil
+		case <-check.C:
+			if info, err := l.stream.Info(ctx); err == nil && (info.State.Msgs == 0 || info.State.FirstSeq > last) {
+				once.Do(func() { close(caught) })
+			}
+		case <-ctx.Done():
+			// Wait for the consumer's callback to end: the caller may
+			// start over with a fresh projection.
 			l.projCC.Stop()
 			<-l.projCC.Closed()
+			return fmt.Errorf("eventlog: replay of %s (%d events): %w", StreamName, last, ctx.Err())
 		}
-		return nil
-	case <-ctx.Done():
-		// Wait for the consumer's callback to end: the caller may start
-		// over with a fresh projection.
-		l.projCC.Stop()
-		<-l.projCC.Closed()
-		return fmt.Errorf("eventlog: replay of %s (%d events): %w", StreamName, last, ctx.Err())
 	}
 }
 
