@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,6 +52,23 @@ func openLog(t *testing.T, cfg Config) *Log {
 	}
 	t.Cleanup(func() { closeLog(t, l) })
 	return l
+}
+
+// openFails opens a log that must not open, and checks that the error
+// names want; it returns the error.
+func openFails(t *testing.T, cfg Config, want string) error {
+	t.Helper()
+	l, err := Open(testContext(t), cfg)
+	if err == nil {
+		closeLog(t, l)
+		t.Fatalf("Open succeeded, want an error with %q",
+			want)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("Open: %v, want an error with %q",
+			err, want)
+	}
+	return err
 }
 
 func closeLog(t *testing.T, l *Log) {

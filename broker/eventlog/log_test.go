@@ -332,16 +332,7 @@ func TestOpenErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, err := Open(testContext(t), tt.cfg)
-			if err == nil {
-				closeLog(t, l)
-				t.Fatalf("Open succeeded, want an error with %q",
-					tt.want)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Open: %v, want an error with %q",
-					err, tt.want)
-			}
+			err := openFails(t, tt.cfg, tt.want)
 			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
 				t.Fatalf("Open: %v, want errors.Is %v",
 					err, tt.wantIs)

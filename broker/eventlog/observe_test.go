@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -162,7 +161,7 @@ func BenchmarkAppend(b *testing.B) {
 	closed.CloseReason = event.CloseReadError
 	closed.Duration = 3 * time.Millisecond
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu0 := testkit.ProcessCPU(b)
 	b.ResetTimer()
 	i := uint64(0)
 	for b.Loop() {
@@ -185,21 +184,11 @@ func BenchmarkAppend(b *testing.B) {
 			err)
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(testkit.ProcessCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 	if p := l.Projection().Presence(); p.Connections != 0 {
 		b.Fatalf("presence %+v, want every connection closed",
 			p)
 	}
-}
-
-// processCPU is the process's user+system CPU time in nanoseconds.
-func processCPU(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v",
-			err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // An event the stream refuses for its size is counted and dropped rather

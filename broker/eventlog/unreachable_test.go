@@ -242,17 +242,7 @@ func TestOpenNATSMisconfigured(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			u := tt.url(t)
-			l, err := Open(testContext(t), Config{NATSURLs: []string{u}, NATSOptions: tt.opts})
-			if err == nil {
-				closeLog(t, l)
-				t.Fatalf("Open succeeded, want an error with %q",
-					tt.want)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Open: %v, want an error with %q",
-					err, tt.want)
-			}
+			openFails(t, Config{NATSURLs: []string{tt.url(t)}, NATSOptions: tt.opts}, tt.want)
 		})
 	}
 }

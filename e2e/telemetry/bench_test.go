@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/wsbroker/wsbroker/broker"
 	"github.com/wsbroker/wsbroker/broker/brokertest"
+	"github.com/wsbroker/wsbroker/internal/testkit"
 	"github.com/wsbroker/wsbroker/telemetry"
 	"github.com/wsbroker/wsbroker/telemetry/event"
 	"github.com/wsbroker/wsbroker/telemetry/tracing"
@@ -79,7 +79,7 @@ func BenchmarkUpgrade(b *testing.B) {
 					err)
 			}
 			b.ReportAllocs()
-			cpu0 := processCPU(b)
+			cpu0 := testkit.ProcessCPU(b)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -95,19 +95,9 @@ func BenchmarkUpgrade(b *testing.B) {
 			// CPU time (user+system, client and server: the client's share
 			// is the same at every level) is steadier than wall time on a
 			// busy machine.
-			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(testkit.ProcessCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 		})
 	}
-}
-
-// processCPU returns the CPU time the process has used, in nanoseconds.
-func processCPU(b *testing.B) int64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatalf("getrusage: %v",
-			err)
-	}
-	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // upgradeOnce dials, upgrades, and resets the connection (no TIME_WAIT on

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -143,4 +144,16 @@ func StartNATS(t testing.TB, o server.Options) *server.Server {
 		t.Fatalf("nats server on %s:%d not ready", o.Host, o.Port)
 	}
 	return ns
+}
+
+// ProcessCPU is the CPU time (user and system) the test process has used,
+// in nanoseconds: benchmarks report it per operation, steadier than wall
+// time on a busy machine.
+func ProcessCPU(t testing.TB) int64 {
+	t.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatalf("getrusage: %v", err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
