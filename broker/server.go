@@ -323,8 +323,7 @@ func (s *Server) handle(c net.Conn) {
 }
 
 func writeTooLarge(c net.Conn) {
-	const body = "handshake larger than max-handshake-bytes\n"
-	_, _ = c.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body))
+	writePlain(c, "431 Request Header Fields Too Large", "handshake larger than max-handshake-bytes\n")
 }
 
 // writeTimeout answers a request that did not arrive whole within the
@@ -332,9 +331,14 @@ func writeTooLarge(c net.Conn) {
 // or stalled path reads why it was cut off instead of an EOF. The write has
 // a short deadline of its own: the peer may not be reading.
 func writeTimeout(c net.Conn, d time.Duration) {
-	body := "handshake not received within handshake-timeout " + d.String() + "\n"
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.Write([]byte("HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body))
+	writePlain(c, "408 Request Timeout", "handshake not received within handshake-timeout "+d.String()+"\n")
+}
+
+// writePlain writes an HTTP/1.1 answer with a text body and closes the
+// exchange (Connection: close) for a request the upgrade could not read.
+func writePlain(c net.Conn, status, body string) {
+	_, _ = c.Write([]byte("HTTP/1.1 " + status + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body))
 }
 
 // reject answers, records and counts a refused upgrade.
