@@ -108,19 +108,34 @@ func TestRxStampReader(t *testing.T) {
 		t.Fatalf("enableRxStamps: %v, %v", rx, err)
 	}
 	srv := <-accepted
-	before := time.Now().UnixNano()
-	if _, err := srv.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
 	buf := make([]byte, 16)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, err := rx.Read(buf)
-	after := time.Now().UnixNano()
-	if err != nil || string(buf[:n]) != "hello" {
-		t.Fatalf("read %q, %v", buf[:n], err)
-	}
-	if ts := rx.last.Load(); ts < before || ts > after {
-		t.Fatalf("receive stamp %d outside [%d, %d]", ts, before, after)
+	// The kernel switches receive timestamping on for the whole host in
+	// deferred work after the first socket asks for it: the first bytes
+	// may come without a stamp. Every message must read back whole; one of
+	// the first 50 must carry a stamp taken between its write and its read.
+	for i := 0; ; i++ {
+		rx.last.Store(0)
+		before := time.Now().UnixNano()
+		if _, err := srv.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := rx.Read(buf)
+		after := time.Now().UnixNano()
+		if err != nil || string(buf[:n]) != "hello" {
+			t.Fatalf("read %q, %v", buf[:n], err)
+		}
+		ts := rx.last.Load()
+		if ts != 0 {
+			if ts < before || ts > after {
+				t.Fatalf("receive stamp %d outside [%d, %d]", ts, before, after)
+			}
+			break
+		}
+		if i == 49 {
+			t.Fatalf("no receive timestamp in 50 messages")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	srv.Close()
 	if n, err := rx.Read(buf); n != 0 || err != io.EOF {

@@ -19,7 +19,7 @@ import (
 type rxStampReader struct {
 	rc   syscall.RawConn
 	oob  [64]byte
-	last atomic.Int64 // Unix ns; 0 until a timestamp arrives
+	last atomic.Int64 // Unix ns of the last read; 0 when it had no stamp
 }
 
 // enableRxStamps asks the kernel to timestamp what c receives.
@@ -60,9 +60,11 @@ func (r *rxStampReader) Read(p []byte) (int, error) {
 	if n == 0 && len(p) > 0 {
 		return 0, io.EOF
 	}
-	if ts, ok := rxStamp(r.oob[:oobn]); ok {
-		r.last.Store(ts)
-	}
+	// 0 when these bytes came without a stamp (the kernel turns receive
+	// stamping on in deferred work), so that a delivery is never timed by
+	// an earlier read's stamp.
+	ts, _ := rxStamp(r.oob[:oobn])
+	r.last.Store(ts)
 	return n, nil
 }
 
