@@ -100,8 +100,8 @@ func (s *Server) open(h *handshake) {
 		protocol: h.selected,
 	}
 	c.lastRead.Store(c.opened)
-	if tc, ok := c.nc.(*net.TCPConn); ok && s.cfg.SocketSendBuffer > 0 {
-		_ = tc.SetWriteBuffer(s.cfg.SocketSendBuffer)
+	if s.cfg.SocketSendBuffer > 0 {
+		setSendBuffer(c.nc, s.cfg.SocketSendBuffer)
 	}
 	// Keep the socket, not the net.Conn (see fdConn).
 	c.nc = detachConn(c.nc)
@@ -137,7 +137,7 @@ func (s *Server) open(h *handshake) {
 			h.reason, h.verdict.Detail = authn.ReasonConnectionLimit, full+" (reached after authentication)"
 			h.conn = c.nc // the socket detached above
 			h.writeRejectionClose()
-			c.nc.Close()
+			h.conn.Close() // it may have moved (waitable)
 			e = s.getEvent()
 			h.rejectionEvent(e, int(CloseCode(h.reason)), h.requestID())
 			e.Duration = s.now().Sub(h.start)
@@ -497,14 +497,15 @@ func (c *Conn) close(reason event.CloseReason, code ws.StatusCode, text string) 
 	for ch := range subs {
 		c.s.hub.unsubscribe(c, ch, false)
 	}
-	// Abort a flush stuck on a slow peer, then write the close frame.
+	// Abort a flush stuck on a slow peer, then write the close frame,
+	// unless the connection is already gone: 1005 (the peer shut its side
+	// without a close frame) and 1006 (a read or write failed: reset,
+	// broken pipe, timeout) mean there is no one to read it, and the write
+	// would be one more system call for every client that vanishes.
 	_ = c.nc.SetWriteDeadline(c.s.now())
 	c.wmu.Lock()
-	if reason != event.CloseClientClosed || code != ws.StatusNoStatusRcvd {
+	if code != ws.StatusNoStatusRcvd && code != ws.StatusAbnormalClosure {
 		_ = c.nc.SetWriteDeadline(closeFrameDeadline(c.nc, c.s.now()))
-		if code == ws.StatusNoStatusRcvd || code == ws.StatusAbnormalClosure {
-			code, text = ws.StatusNormalClosure, ""
-		}
 		_ = ws.WriteFrame(c.nc, ws.NewCloseFrame(ws.NewCloseFrameBody(code, text)))
 	}
 	c.wmu.Unlock()

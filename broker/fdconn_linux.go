@@ -4,9 +4,12 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -66,6 +69,208 @@ func detachConn(nc net.Conn) net.Conn {
 	}
 	tc.Close()
 	return &fdConn{fd: fd}
+}
+
+// tcpListener is the listener Listen returns on Linux: the broker accepts
+// its connections itself, with accept4(2) on a duplicate of the socket that
+// waits on Go's network poller (an *os.File's RawConn; a net.TCPListener's
+// RawConn does not read). A connection accepted by net.TCPListener.Accept
+// costs, before its handshake has read a byte, an epoll registration and
+// its removal (the netFD), getsockname(2), the keep-alive and no-delay
+// options, and for the poller a dup(2) and a close(2) more (detachConn):
+// about a tenth of the server's CPU per accepted upgrade
+// (docs/benchmarks.md). Here it costs the accept4 and TCP_NODELAY, the
+// peer's address comes with the accept, and the connection is an fdConn
+// from the start.
+type tcpListener struct {
+	ln  *net.TCPListener // set up the socket; closed with f
+	f   *os.File         // the duplicate the accepts wait on
+	acc *rawAcceptor
+}
+
+// newTCPListener takes over ln's socket.
+func newTCPListener(ln *net.TCPListener) (net.Listener, error) {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("dup", derr)
+	}
+	// Non-blocking (shared with ln's descriptor), so os.NewFile puts the
+	// duplicate on Go's network poller.
+	f := os.NewFile(uintptr(fd), "listener")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	a := &rawAcceptor{rc: rc}
+	a.fn = a.try
+	return &tcpListener{ln: ln, f: f, acc: a}, nil
+}
+
+func (l *tcpListener) Accept() (net.Conn, error) {
+	a, err := l.acceptPeer()
+	return a.c, err
+}
+
+// acceptPeer is Accept with the peer's address (Server.Serve).
+func (l *tcpListener) acceptPeer() (accepted, error) { return l.acc.accept() }
+
+// Close stops the accepts; the socket closes with its last descriptor.
+func (l *tcpListener) Close() error {
+	l.acc.closed.Store(true)
+	ferr := l.f.Close()
+	if err := l.ln.Close(); err != nil {
+		return err
+	}
+	return ferr
+}
+
+func (l *tcpListener) Addr() net.Addr { return l.ln.Addr() }
+
+// rawAcceptor runs accept4(2) for a tcpListener. Its buffers are reused, so
+// an accept does not allocate beyond the fdConn; mu keeps them to one
+// Accept at a time.
+type rawAcceptor struct {
+	mu   sync.Mutex
+	rc   syscall.RawConn
+	fn   func(fd uintptr) bool // a.try, bound once
+	rsa  unix.RawSockaddrAny
+	nfd  int
+	serr error
+	// closed is set by Close, before it wakes a waiting accept.
+	closed atomic.Bool
+}
+
+// try runs on the listener's socket when Go's poller finds it readable; it
+// reports false to wait again (EAGAIN).
+func (a *rawAcceptor) try(fd uintptr) bool {
+	for {
+		l := uint32(unix.SizeofSockaddrAny)
+		r, _, e := syscall.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&a.rsa)), uintptr(unsafe.Pointer(&l)),
+			unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+			a.nfd, a.serr = int(r), nil
+			return true
+		case unix.EINTR, unix.ECONNABORTED:
+			// Interrupted, or a connection reset while queued (as
+			// internal/poll does, try the next one).
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		a.serr = os.NewSyscallError("accept4", e)
+		return true
+	}
+}
+
+// accept returns the next connection as an fdConn with its peer's address.
+// A closed listener returns an error that wraps net.ErrClosed; EMFILE and
+// its kind are Temporary, as from net.TCPListener.Accept.
+func (a *rawAcceptor) accept() (accepted, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.rc.Read(a.fn); err != nil {
+		if a.closed.Load() {
+			err = net.ErrClosed // not the os.File's "use of closed file"
+		}
+		return accepted{}, &net.OpError{Op: "accept", Net: "tcp", Err: err}
+	}
+	if a.serr != nil {
+		return accepted{}, &net.OpError{Op: "accept", Net: "tcp", Err: a.serr}
+	}
+	fd := a.nfd
+	// As net does for every TCP connection: frames are written whole, and
+	// waiting for an ACK before the next small one only delays it.
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	return accepted{c: &fdConn{fd: fd}, peer: sockaddrAddr(&a.rsa)}, nil
+}
+
+// sockaddrAddr is the IP address of a raw socket address (IPv4-mapped IPv6
+// addresses unmapped, as for net.TCPAddr in clientAddr).
+func sockaddrAddr(rsa *unix.RawSockaddrAny) netip.Addr {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		return netip.AddrFrom4(sa.Addr)
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		return netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return netip.Addr{}
+}
+
+// errWouldBlock is readNow's answer for a socket with nothing to read.
+var errWouldBlock = errors.New("broker: read would block")
+
+// readNow reads c without waiting when it is an fdConn: errWouldBlock when
+// the socket holds nothing yet. Any other conn is read as usual.
+func readNow(nc net.Conn, p []byte) (int, error) {
+	c, ok := nc.(*fdConn)
+	if !ok {
+		return nc.Read(p)
+	}
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	defer c.release()
+	for {
+		n, err := unix.Read(c.fd, p)
+		switch {
+		case err == nil && n == 0 && len(p) > 0:
+			return 0, io.EOF
+		case err == nil:
+			return n, nil
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, errWouldBlock
+		}
+		return 0, c.opError("read", err)
+	}
+}
+
+// waitable returns a connection whose reads and writes wait on Go's network
+// poller: an fdConn's socket as a *net.TCPConn (the fdConn is spent: its
+// descriptor is closed and the net.Conn holds a duplicate), anything else
+// unchanged. For a handshake that has to wait for its client, so that the
+// wait parks a goroutine instead of holding a thread in poll(2).
+func waitable(nc net.Conn) (net.Conn, error) {
+	c, ok := nc.(*fdConn)
+	if !ok {
+		return nc, nil
+	}
+	if !c.state.CompareAndSwap(0, fdClosedBit) {
+		return nil, net.ErrClosed
+	}
+	f := os.NewFile(uintptr(c.fd), "")
+	tc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("broker: socket to net.Conn: %w", err)
+	}
+	return tc, nil
+}
+
+// setSendBuffer sets the socket's send buffer (SO_SNDBUF).
+func setSendBuffer(nc net.Conn, n int) {
+	switch c := nc.(type) {
+	case *net.TCPConn:
+		_ = c.SetWriteBuffer(n)
+	case *fdConn:
+		_ = (*fdRaw)(c).Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+		})
+	}
 }
 
 func (c *fdConn) acquire() bool {

@@ -3,13 +3,20 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/wsbroker/wsbroker/internal/testkit"
+	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
 // fdPair returns a detached server end and the client end of a loopback TCP
@@ -138,5 +145,118 @@ func TestFDConnWriteDeadline(t *testing.T) {
 	n, err := fc.Write(big)
 	if !errors.Is(err, os.ErrDeadlineExceeded) || n == len(big) {
 		t.Fatalf("write to a peer that does not read: %d, %v; want a deadline error", n, err)
+	}
+}
+
+// TestListenAcceptPeer: Listen's connections are fdConns accepted with their
+// peer's address, and Close ends a waiting Accept with net.ErrClosed.
+func TestListenAcceptPeer(t *testing.T) {
+	ln, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	pa, ok := ln.(peerAccepter)
+	if !ok {
+		t.Fatalf("Listen returned %T, want a peerAccepter", ln)
+	}
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer client.Close()
+	a, err := pa.acceptPeer()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer a.c.Close()
+	if _, ok := a.c.(*fdConn); !ok {
+		t.Fatalf("accepted %T, want *fdConn", a.c)
+	}
+	if want := client.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); a.peer != want {
+		t.Fatalf("peer %v, want %v", a.peer, want)
+	}
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	buf := make([]byte, 4)
+	_ = a.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(a.c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := ln.Accept()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let Accept wait on the poller
+	if err := ln.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("accept after close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept still waiting after Close")
+	}
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("dial after Close succeeded: the socket is still listening")
+	}
+}
+
+// TestHandshakeInPieces: a request that is not all there at the first read
+// moves to Go's network poller and is still upgraded and served.
+func TestHandshakeInPieces(t *testing.T) {
+	b := newTestBroker(t, brokerOpts{})
+	c, err := net.DialTimeout("tcp", b.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	req := "GET /ws HTTP/1.1\r\nHost: " + b.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Protocol: wsbroker.v1\r\nAuthorization: Bearer " + hsToken(t, validClaims("alice")) + "\r\n\r\n"
+	half := len(req) / 2
+	if _, err := io.WriteString(c, req[:half]); err != nil {
+		t.Fatal(err)
+	}
+	testkit.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if b.srv.waited.Load() == 0 {
+			return errors.New("the handshake has not waited for the rest of its request")
+		}
+		return nil
+	})
+	if _, err := io.WriteString(c, req[half:]); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	if e := b.events.next(t, event.TypeConnectionOpened); e.RemoteIP != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("remote_ip %v, want 127.0.0.1", e.RemoteIP)
+	}
+	w := &wsClient{t: t, c: c, br: br}
+	w.send(map[string]any{"type": "subscribe", "channel": "news", "id": 1})
+	expectType(t, w.read(), "ack")
+	w.send(map[string]any{"type": "publish", "channel": "news", "data": "x"})
+	got := map[any]int{}
+	for range 2 { // the ack and the message, in either order
+		m := w.read()
+		if m["type"] == "message" && m["data"] != "x" {
+			t.Fatalf("message %v, want data x", m)
+		}
+		got[m["type"]]++
+	}
+	if got["ack"] != 1 || got["message"] != 1 {
+		t.Fatalf("got %v, want one ack and one message", got)
 	}
 }

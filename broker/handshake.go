@@ -36,12 +36,18 @@ var (
 // refused by authentication so that the rejection we write ourselves (JSON
 // body, WWW-Authenticate) is the only response on the wire.
 type hsConn struct {
+	h         *handshake
 	c         net.Conn
 	remaining int
 	swallow   bool
 	tooLarge  bool
 }
 
+// Read reads the request for the upgrader. A socket the broker accepted
+// itself (fdConn) is read without waiting: when the request is not all
+// there yet, the socket moves to Go's network poller (waitable) for the
+// rest, so that a slow client holds a parked goroutine, not a thread
+// blocked in poll(2).
 func (h *hsConn) Read(p []byte) (int, error) {
 	if h.remaining <= 0 {
 		h.tooLarge = true
@@ -50,7 +56,12 @@ func (h *hsConn) Read(p []byte) (int, error) {
 	if len(p) > h.remaining {
 		p = p[:h.remaining]
 	}
-	n, err := h.c.Read(p)
+	n, err := readNow(h.c, p)
+	if err == errWouldBlock {
+		if err = h.h.waitable(); err == nil {
+			n, err = h.c.Read(p)
+		}
+	}
 	h.remaining -= n
 	return n, err
 }
@@ -67,6 +78,7 @@ func (h *hsConn) Write(p []byte) (int, error) {
 type handshake struct {
 	s     *Server
 	conn  net.Conn
+	peer  netip.Addr // from the accept, or conn's remote address
 	hc    hsConn
 	req   *authn.Request
 	ext   authn.Extraction
@@ -104,9 +116,14 @@ func newHandshake(s *Server) *handshake {
 	return h
 }
 
-func (h *handshake) reset(c net.Conn) {
-	h.conn = c
-	h.hc = hsConn{c: c, remaining: h.s.cfg.MaxHandshakeBytes}
+func (h *handshake) reset(a accepted) {
+	h.conn, h.peer = a.c, a.peer
+	if !h.peer.IsValid() {
+		if ta, ok := a.c.RemoteAddr().(*net.TCPAddr); ok {
+			h.peer = ta.AddrPort().Addr().Unmap()
+		}
+	}
+	h.hc = hsConn{h: h, c: a.c, remaining: h.s.cfg.MaxHandshakeBytes}
 	h.req.Reset()
 	h.start = h.s.now()
 	h.badPath = false
@@ -118,6 +135,24 @@ func (h *handshake) reset(c net.Conn) {
 	h.rid = ""
 	h.sc, h.parent, h.kept = trace.SpanContext{}, trace.SpanContext{}, false
 	h.authStart, h.extractEnd, h.verifyEnd = time.Time{}, time.Time{}, time.Time{}
+}
+
+// deadline is when the handshake must be done.
+func (h *handshake) deadline() time.Time { return h.start.Add(h.s.cfg.HandshakeTimeout) }
+
+// waitable moves the handshake's socket to a connection that waits on Go's
+// network poller (see hsConn.Read), keeping the handshake's deadline.
+func (h *handshake) waitable() error {
+	nc, err := waitable(h.conn)
+	if err != nil {
+		return err
+	}
+	if nc != h.conn {
+		h.s.waited.Add(1)
+		_ = nc.SetDeadline(h.deadline())
+		h.conn, h.hc.c = nc, nc
+	}
+	return nil
 }
 
 func (h *handshake) onRequest(uri []byte) error {
@@ -194,7 +229,7 @@ func hexTrace(dst []byte, id trace.TraceID) []byte {
 // authenticate runs extract → verify → policy and sets h.reason.
 func (h *handshake) authenticate() {
 	s := h.s
-	h.remote = s.clientAddr(h.conn, h.req.ForwardedFor())
+	h.remote = s.clientAddr(h.peer, h.req.ForwardedFor())
 	if s.traces != nil {
 		h.authStart = s.now()
 		if tp := h.req.Traceparent(); len(tp) > 0 {
@@ -373,6 +408,9 @@ func (h *handshake) writeRejectionClose() {
 	_ = ws.WriteFrame(h.conn, ws.NewCloseFrame(body))
 	// Wait (a second at most) for the client's close frame so that it sees a
 	// clean close rather than a reset, and no longer than that frame.
+	if h.waitable() != nil {
+		return
+	}
 	_ = h.conn.SetReadDeadline(h.s.now().Add(time.Second))
 	for range 4 {
 		hdr, err := ws.ReadHeader(h.conn)

@@ -131,7 +131,7 @@ func newTestBroker(t testing.TB, o brokerOpts) *testBroker {
 		t.Fatal(err)
 	}
 	srv.testHookOpen = o.openHook
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,7 +86,10 @@ type Server struct {
 	hsPool  sync.Pool
 	evPool  sync.Pool
 	hsSlots chan struct{} // one per handshake goroutine
-	hsQueue chan net.Conn // to idle handshake goroutines (unbuffered)
+	hsQueue chan accepted // to idle handshake goroutines (unbuffered)
+	// waited counts the handshakes whose request did not arrive whole with
+	// the first read, moved to Go's network poller (handshake.waitable).
+	waited atomic.Uint64
 
 	poller   *poller.Poller
 	writers  *writerPool
@@ -128,7 +131,7 @@ func New(cfg Config, d Deps) (*Server, error) {
 		now:       d.Now,
 		epoch:     d.Epoch,
 		hsSlots:   make(chan struct{}, cfg.MaxHandshakes),
-		hsQueue:   make(chan net.Conn),
+		hsQueue:   make(chan accepted),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[uint64]*Conn{},
 		bySubject: map[string]int{},
@@ -192,6 +195,35 @@ func (s *Server) putEvent(e *event.Event) {
 	s.evPool.Put(e)
 }
 
+// Listen opens a TCP listener for Serve the way the broker wants its
+// sockets: without TCP keep-alive. The broker pings every connection and
+// closes the idle ones itself (Config.PingInterval, Config.IdleTimeout),
+// so the kernel's probes would only repeat that, at the price of four
+// setsockopt calls on every accepted connection (net.Listen's default).
+//
+// On Linux the broker also accepts the listener's connections itself
+// (tcpListener in fdconn_linux.go): a connection stays out of Go's network
+// poller from its accept to its close unless its handshake has to wait.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(ctx, "tcp", addr) // its error names the address
+	if err != nil {
+		return nil, err
+	}
+	rl, err := newTCPListener(ln.(*net.TCPListener))
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("broker: listen %s: %w", addr, err)
+	}
+	return rl, nil
+}
+
+// peerAccepter is a listener whose accepts give the peer's address without
+// a net.TCPAddr (tcpListener).
+type peerAccepter interface {
+	acceptPeer() (accepted, error)
+}
+
 // Serve accepts connections on ln until Close. It returns nil after Close.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
@@ -203,9 +235,16 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	accept := func() (accepted, error) {
+		c, err := ln.Accept()
+		return accepted{c: c}, err
+	}
+	if pa, ok := ln.(peerAccepter); ok {
+		accept = pa.acceptPeer
+	}
 	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		a, err := accept()
 		if err != nil {
 			select {
 			case <-s.stop:
@@ -222,8 +261,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("broker: accept: %w", err)
 		}
 		backoff = 0
-		if !s.dispatch(c) {
-			c.Close()
+		if !s.dispatch(a) {
+			a.c.Close()
 			return nil
 		}
 	}
@@ -238,33 +277,33 @@ const hsWorkerIdle = 30 * time.Second
 // outlive their handshake: a new goroutine per upgrade spent ~15% of the
 // upgrade's CPU growing its stack (see docs/benchmarks.md). It reports
 // false when the server stops first.
-func (s *Server) dispatch(c net.Conn) bool {
+func (s *Server) dispatch(a accepted) bool {
 	select {
-	case s.hsQueue <- c:
+	case s.hsQueue <- a:
 		return true
 	default:
 	}
 	select {
-	case s.hsQueue <- c:
+	case s.hsQueue <- a:
 	case s.hsSlots <- struct{}{}:
 		s.wg.Add(1)
-		go s.hsWorker(c)
+		go s.hsWorker(a)
 	case <-s.stop:
 		return false
 	}
 	return true
 }
 
-func (s *Server) hsWorker(c net.Conn) {
+func (s *Server) hsWorker(a accepted) {
 	defer s.wg.Done()
 	defer func() { <-s.hsSlots }()
 	idle := time.NewTimer(hsWorkerIdle)
 	defer idle.Stop()
 	for {
-		s.handle(c)
+		s.handleAccepted(a)
 		idle.Reset(hsWorkerIdle)
 		select {
-		case c = <-s.hsQueue:
+		case a = <-s.hsQueue:
 		case <-idle.C:
 			return
 		case <-s.stop:
@@ -281,44 +320,57 @@ func isTemporary(err error) bool {
 	return errors.As(err, &t) && t.Temporary()
 }
 
-// handle runs one handshake (on a handshake goroutine, see dispatch) and
-// hands an accepted connection to the poller.
-func (s *Server) handle(c net.Conn) {
+// accepted is a connection for a handshake goroutine, with its peer's
+// address when the accept gave it (acceptRaw).
+type accepted struct {
+	c    net.Conn
+	peer netip.Addr
+}
+
+// handle runs the handshake of a connection from a listener of the caller's
+// (tests: in-memory connections).
+func (s *Server) handle(c net.Conn) { s.handleAccepted(accepted{c: c}) }
+
+// handleAccepted runs one handshake (on a handshake goroutine, see
+// dispatch) and hands an accepted connection to the poller. The handshake
+// may move the socket to another net.Conn (hsConn.Read): h.conn is the
+// connection from then on.
+func (s *Server) handleAccepted(a accepted) {
 	h := s.hsPool.Get().(*handshake)
 	defer s.hsPool.Put(h)
-	h.reset(c)
-	_ = c.SetDeadline(h.start.Add(s.cfg.HandshakeTimeout))
+	h.reset(a)
+	_ = a.c.SetDeadline(h.deadline())
 	_, err := h.up.Upgrade(&h.hc)
 	switch {
 	case err == nil:
 	case h.hc.swallow:
 		// Refused by authentication (HTTP mode).
 		s.reject(h)
-		c.Close()
+		h.conn.Close()
 		return
 	case h.hc.tooLarge:
 		s.metrics.HandshakeError(telemetry.HandshakeTooLarge)
-		writeTooLarge(c)
-		c.Close()
+		writeTooLarge(h.conn)
+		h.conn.Close()
 		return
 	default:
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			s.metrics.HandshakeError(telemetry.HandshakeTimeout)
-			writeTimeout(c, s.cfg.HandshakeTimeout)
+			writeTimeout(h.conn, s.cfg.HandshakeTimeout)
 		} else {
 			s.metrics.HandshakeError(telemetry.HandshakeBadRequest)
 		}
-		c.Close()
+		h.conn.Close()
 		return
 	}
 	if h.reason != authn.ReasonNone {
 		// Close mode: upgraded, now closed with the reason.
 		s.reject(h)
-		c.Close()
+		h.conn.Close()
 		return
 	}
-	_ = c.SetDeadline(time.Time{})
+	_ = h.conn.SetDeadline(time.Time{})
 	s.open(h)
 }
 
@@ -405,11 +457,7 @@ func (l *reasonLimiter) allow(r authn.Reason, now time.Time) bool {
 
 // clientAddr is the peer address, or the client address a trusted proxy
 // put in X-Forwarded-For (the right-most address not itself trusted).
-func (s *Server) clientAddr(c net.Conn, xff []byte) netip.Addr {
-	var peer netip.Addr
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		peer = ta.AddrPort().Addr().Unmap()
-	}
+func (s *Server) clientAddr(peer netip.Addr, xff []byte) netip.Addr {
 	if len(xff) == 0 || !s.trusted(peer) {
 		return peer
 	}

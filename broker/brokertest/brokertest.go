@@ -127,7 +127,14 @@ func Start(t testing.TB, o Options) *Broker {
 	if o.Addr == "" {
 		o.Addr = "127.0.0.1:0"
 	}
-	ln, err := net.Listen("tcp", o.Addr)
+	// A TLS listener wraps net's: TLS connections are read by a goroutine
+	// each (the fallback of package poller), through Go's network poller.
+	var ln net.Listener
+	if o.TLS != nil {
+		ln, err = net.Listen("tcp", o.Addr)
+	} else {
+		ln, err = broker.Listen(context.Background(), o.Addr)
+	}
 	if err != nil {
 		srv.Close()
 		t.Fatalf("brokertest: listen: %v", err)

@@ -302,7 +302,7 @@ func runServe(ctx context.Context, o *serveOptions, stdout, stderr io.Writer, st
 	if err != nil {
 		return err
 	}
-	wsLn, err := net.Listen("tcp", o.listen)
+	wsLn, err := broker.Listen(ctx, o.listen)
 	if err != nil {
 		srv.Close()
 		return fmt.Errorf("listen: %w", err)

@@ -214,10 +214,9 @@ func startNode(t testing.TB, nc *natsCluster, name string, o nodeOpts) *node {
 		t.Fatalf("broker %s: %v",
 			name, err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := broker.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("listen: %v",
-			err)
+		t.Fatalf("listen: %v", err)
 	}
 	go srv.Serve(ln)
 	n := &node{name: name, srv: srv, addr: ln.Addr().String(), log: l, cl: cl, reg: reg}
