@@ -492,7 +492,11 @@ func (c *Conn) close(reason event.CloseReason, code ws.StatusCode, text string) 
 	c.mu.Unlock()
 	c.s.expiries.remove(c)
 	if d != nil {
-		_ = c.s.poller.Remove(d)
+		if soleDescriptor(c.nc) {
+			_ = c.s.poller.RemoveClosing(d) // closed below
+		} else {
+			_ = c.s.poller.Remove(d)
+		}
 	}
 	for ch := range subs {
 		c.s.hub.unsubscribe(c, ch, false)

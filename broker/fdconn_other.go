@@ -19,6 +19,8 @@ func readNow(nc net.Conn, p []byte) (int, error) { return nc.Read(p) }
 
 func waitable(nc net.Conn) (net.Conn, error) { return nc, nil }
 
+func soleDescriptor(net.Conn) bool { return false }
+
 func setSendBuffer(nc net.Conn, n int) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetWriteBuffer(n)

@@ -575,6 +575,25 @@ func TestHandshakeLimits(t *testing.T) {
 			return wantCounter(b, "wsbroker_handshake_errors_total", map[string]string{"kind": "timeout"}, 1)
 		})
 	})
+	t.Run("silent client", func(t *testing.T) {
+		// Connected, sends nothing: the listener's deferred accept hands it
+		// over after a second or so, then the handshake timeout answers.
+		c, err := net.Dial("tcp", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		resp, err := http.ReadResponse(bufioReader(c), nil)
+		if err != nil {
+			t.Fatalf("no answer to a client that sends nothing: %v", err)
+		}
+		if resp.StatusCode != http.StatusRequestTimeout {
+			t.Fatalf("status %d, want 408", resp.StatusCode)
+		}
+		t.Logf("408 after %v", time.Since(start).Round(time.Millisecond))
+	})
 	t.Run("wrong path", func(t *testing.T) {
 		r := b.doHandshakeRaw("/other")
 		if r.StatusCode != http.StatusNotFound {

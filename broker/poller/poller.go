@@ -287,7 +287,17 @@ func (p *Poller) loop(d *Desc) {
 // already running (possibly the caller itself: Remove may be called from the
 // handler) finishes and its result is ignored. Remove does not close the
 // connection and does not wait. Removing twice, or after Close, is a no-op.
-func (p *Poller) Remove(d *Desc) error {
+func (p *Poller) Remove(d *Desc) error { return p.removeDesc(d, false) }
+
+// RemoveClosing is Remove for a connection that the caller closes right
+// after and whose socket has no other descriptor (no dup, no fork): epoll
+// drops a socket's registration when its last descriptor closes, so the
+// epoll_ctl(EPOLL_CTL_DEL) of Remove, a system call per connection, is left
+// to the close. Until the close, an event already on its way is discarded
+// like after Remove.
+func (p *Poller) RemoveClosing(d *Desc) error { return p.removeDesc(d, true) }
+
+func (p *Poller) removeDesc(d *Desc, closing bool) error {
 	if d == nil || d.p != p {
 		return errors.New("poller: remove: desc is not from this poller")
 	}
@@ -298,7 +308,7 @@ func (p *Poller) Remove(d *Desc) error {
 		d.state.Store(stateRemoved)
 		return nil
 	}
-	return p.remove(d)
+	return p.remove(d, closing)
 }
 
 // Resume re-arms a Desc whose handler returned false. It returns ErrNotParked

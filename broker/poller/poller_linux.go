@@ -179,7 +179,7 @@ func (d *Desc) rearm(fd uintptr) {
 	d.ctlErr = unix.EpollCtl(d.p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
 }
 
-func (p *Poller) remove(d *Desc) error {
+func (p *Poller) remove(d *Desc, closing bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d.mu.Lock()
@@ -189,6 +189,11 @@ func (p *Poller) remove(d *Desc) error {
 	}
 	if d.fd < len(p.table) && p.table[d.fd] == d {
 		p.table[d.fd] = nil
+	}
+	if closing {
+		// The close drops the registration; the cleared slot and the
+		// generation discard any event still in flight until then.
+		return nil
 	}
 	err := d.raw.Control(func(fd uintptr) {
 		d.ctlErr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)

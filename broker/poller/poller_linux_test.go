@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -211,5 +212,71 @@ func TestAddTwice(t *testing.T) {
 			"read %d; want 5",
 			b,
 		)
+	}
+}
+
+// TestRemoveClosing: after RemoveClosing no handler runs for the Desc, even
+// with data arriving before the close, and once the socket is closed its
+// descriptor number serves a new connection (the close dropped the epoll
+// registration that RemoveClosing left).
+func TestRemoveClosing(t *testing.T) {
+	p := newPoller(t, Config{Workers: 1})
+	ln := newListener(t)
+	clientA, serverA := tcpPair(t, ln)
+	var callsA atomic.Int32
+	dA, err := p.Add(serverA, func(d *Desc, ev Event) bool {
+		callsA.Add(1)
+		return true
+	})
+	if err != nil {
+		t.Fatalf("add A: %v", err)
+	}
+	oldfd := dA.fd
+	if err := p.RemoveClosing(dA); err != nil {
+		t.Fatalf("RemoveClosing: %v", err)
+	}
+	write(t, clientA, []byte{1}) // readable before the close
+	barrier(t, p, ln)
+	serverA.Close()
+
+	var reused, peer net.Conn
+	for i := 0; i < 256 && reused == nil; i++ {
+		c, s := tcpPair(t, ln)
+		switch oldfd {
+		case sysfd(t, c):
+			reused, peer = c, s
+		case sysfd(t, s):
+			reused, peer = s, c
+		}
+	}
+	if reused == nil {
+		t.Fatalf("fd %d was not reused by 256 new connections", oldfd)
+	}
+	got := make(chan byte, 1)
+	dB, err := p.Add(reused, func(d *Desc, ev Event) bool {
+		var b [1]byte
+		if _, err := d.Conn().Read(b[:]); err != nil {
+			return false
+		}
+		got <- b[0]
+		return true
+	})
+	if err != nil {
+		t.Fatalf("add B on reused fd %d: %v (the registration outlived the close)", oldfd, err)
+	}
+	if s := slot(p, oldfd); s != dB {
+		t.Fatalf("table[%d] = %p; want the new Desc %p", oldfd, s, dB)
+	}
+	write(t, peer, []byte{9})
+	select {
+	case b := <-got:
+		if b != 9 {
+			t.Fatalf("new Desc read %d; want 9", b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event for the connection on the reused descriptor")
+	}
+	if n := callsA.Load(); n != 0 {
+		t.Fatalf("handler of the removed Desc called %d times; want 0", n)
 	}
 }

@@ -22,7 +22,7 @@ func (p *Poller) add(conn net.Conn, h Handler) (*Desc, error) {
 
 // remove and resume are only reached for epoll-watched descriptors, which
 // this build never creates.
-func (p *Poller) remove(d *Desc) error {
+func (p *Poller) remove(d *Desc, _ bool) error {
 	d.state.Store(stateRemoved)
 	return nil
 }
