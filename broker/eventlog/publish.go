@@ -41,14 +41,15 @@ type acker struct {
 	next   uint64
 	// Reused for every publish: nats.Conn.PublishMsg copies the message
 	// into its write buffer before it returns.
-	msg   nats.Msg
-	buf   []byte
-	reply []byte
-	epoch uint64
-	epStr string
-	node  string
-	subj  [event.NumTypes]string
-	timer *time.Timer
+	msg    nats.Msg
+	buf    []byte
+	reply  []byte
+	tagged bool // with the node and epoch headers
+	epoch  uint64
+	epStr  string
+	node   string
+	subj   [event.NumTypes]string
+	timer  *time.Timer
 }
 
 // ackBuffer bounds the answers waiting to be read. The appender has at
@@ -70,10 +71,14 @@ func (l *Log) acker() (*acker, error) {
 	if a == nil {
 		a = &acker{ch: make(chan *nats.Msg, ackBuffer), timer: time.NewTimer(time.Hour)}
 		a.timer.Stop()
-		a.msg.Header = nats.Header{
-			jetstream.MsgIDHeader: make([]string, 1),
-			headerNode:            make([]string, 1),
-			headerEpoch:           make([]string, 1),
+		a.msg.Header = nats.Header{jetstream.MsgIDHeader: make([]string, 1)}
+		// The node and epoch headers let a projection consumer skip this
+		// node's own events undecoded. On the embedded store there is no
+		// consumer after the replay (ownCurrent), so they would be ~50
+		// bytes more to store, cache and scan per event for nothing.
+		if a.tagged = l.ns == nil; a.tagged {
+			a.msg.Header[headerNode] = make([]string, 1)
+			a.msg.Header[headerEpoch] = make([]string, 1)
 		}
 		l.ack = a
 	}
@@ -125,8 +130,10 @@ func (a *acker) send(nc *nats.Conn, p *pending) error {
 	a.msg.Reply = string(a.reply)
 	a.msg.Data = a.buf
 	a.msg.Header[jetstream.MsgIDHeader][0] = e.ID()
-	a.msg.Header[headerNode][0] = e.Node
-	a.msg.Header[headerEpoch][0] = a.epStr
+	if a.tagged {
+		a.msg.Header[headerNode][0] = e.Node
+		a.msg.Header[headerEpoch][0] = a.epStr
+	}
 	return nc.PublishMsg(&a.msg)
 }
 
