@@ -358,6 +358,7 @@ func holdCmd(args []string) error {
 	sources := fs.Int("sources", 16, "127.0.0.x source addresses to spread over")
 	fanout := fs.Int("fanout", 0, "messages to publish to every connection (0: memory only)")
 	gap := fs.Duration("fanout-gap", 500*time.Millisecond, "pause between published messages")
+	quiet := fs.Duration("fanout-settle", time.Second, "pause between the last subscribe ack and the first publish, so that the subscription burst's own work (wsbroker appends a subscription.added event per subscriber) is over")
 	settle := fs.Duration("settle", 2*time.Second, "wait after the last connection before reading memory")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -437,7 +438,7 @@ func holdCmd(args []string) error {
 	res.StackPerConn = (after["go_memstats_stack_inuse_bytes"] - before["go_memstats_stack_inuse_bytes"]) / held
 	res.GoroutinesPer = (after["go_goroutines"] - before["go_goroutines"]) / held
 	if *fanout > 0 {
-		if err := fanOut(conns, *fanout, *gap, &res); err != nil {
+		if err := fanOut(conns, *fanout, *gap, *quiet, &res); err != nil {
 			return err
 		}
 	}
@@ -485,10 +486,10 @@ func dialWS(dl *dialer, rawURL, tok string) (*wsConn, error) {
 	}{bufio.NewReaderSize(r, 512), c}}, nil
 }
 
-// fanOut subscribes every connection to "bench", waits for every ack, then
-// publishes msgs messages from the first connection, each carrying its send
+// fanOut subscribes every connection to "bench", waits for every ack and
+// then quiet, then publishes msgs messages from the first connection, each carrying its send
 // time in nanoseconds, and records when each subscriber received each.
-func fanOut(conns []*wsConn, msgs int, gap time.Duration, res *holdResult) error {
+func fanOut(conns []*wsConn, msgs int, gap, quiet time.Duration, res *holdResult) error {
 	n := len(conns)
 	var acked sync.WaitGroup
 	acked.Add(n)
@@ -551,6 +552,7 @@ func fanOut(conns []*wsConn, msgs int, gap time.Duration, res *holdResult) error
 	case <-time.After(60 * time.Second):
 		return errors.New("fan-out: not every subscribe was acknowledged within 60s")
 	}
+	time.Sleep(quiet)
 	pub := conns[0]
 	for range msgs {
 		msg := fmt.Sprintf(`{"type":"publish","channel":"bench","id":2,"data":%d}`, time.Now().UnixNano())
