@@ -227,24 +227,7 @@ func readNow(nc net.Conn, p []byte) (int, error) {
 	if !ok {
 		return nc.Read(p)
 	}
-	if !c.acquire() {
-		return 0, net.ErrClosed
-	}
-	defer c.release()
-	for {
-		n, err := unix.Read(c.fd, p)
-		switch {
-		case err == nil && n == 0 && len(p) > 0:
-			return 0, io.EOF
-		case err == nil:
-			return n, nil
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return 0, errWouldBlock
-		}
-		return 0, c.opError("read", err)
-	}
+	return c.read(p, false)
 }
 
 // waitable returns a connection whose reads and writes wait on Go's network
@@ -332,7 +315,11 @@ func (c *fdConn) Close() error {
 	}
 }
 
-func (c *fdConn) Read(p []byte) (int, error) {
+func (c *fdConn) Read(p []byte) (int, error) { return c.read(p, true) }
+
+// read reads the socket; when it has nothing, it waits up to the read
+// deadline, or returns errWouldBlock if wait is false.
+func (c *fdConn) read(p []byte, wait bool) (int, error) {
 	if !c.acquire() {
 		return 0, net.ErrClosed
 	}
@@ -351,6 +338,8 @@ func (c *fdConn) Read(p []byte) (int, error) {
 			continue
 		case err != unix.EAGAIN:
 			return 0, c.opError("read", err)
+		case !wait:
+			return 0, errWouldBlock
 		}
 		if err := c.wait(unix.POLLIN, &c.rdl); err != nil {
 			return 0, err

@@ -45,6 +45,24 @@ func slot(p *Poller, fd int) *Desc {
 	return p.table[fd]
 }
 
+// reuseFD opens connections on ln until one end takes descriptor number
+// fd (the kernel hands out the lowest free one); it returns that end and
+// its peer.
+func reuseFD(t testing.TB, ln net.Listener, fd int) (reused, peer net.Conn) {
+	t.Helper()
+	for range 256 {
+		c, s := tcpPair(t, ln)
+		switch fd {
+		case sysfd(t, c):
+			return c, s
+		case sysfd(t, s):
+			return s, c
+		}
+	}
+	t.Fatalf("fd %d was not reused by 256 new connections", fd)
+	return nil, nil
+}
+
 func TestAddReusedFd(t *testing.T) {
 	p := newPoller(t, Config{
 		Workers: 1,
@@ -66,24 +84,7 @@ func TestAddReusedFd(t *testing.T) {
 	// The caller's bug: closed without Remove.
 	serverA.Close()
 
-	// The kernel hands out the lowest free fd, so new sockets soon take
-	// oldfd.
-	var reused, peer net.Conn
-	for i := 0; i < 256 && reused == nil; i++ {
-		c, s := tcpPair(t, ln)
-		switch oldfd {
-		case sysfd(t, c):
-			reused, peer = c, s
-		case sysfd(t, s):
-			reused, peer = s, c
-		}
-	}
-	if reused == nil {
-		t.Fatalf(
-			"fd %d was not reused by 256 new connections",
-			oldfd,
-		)
-	}
+	reused, peer := reuseFD(t, ln, oldfd)
 	got := make(chan byte, 1)
 	dB, err := p.Add(reused, func(d *Desc, ev Event) bool {
 		var b [1]byte
@@ -239,19 +240,7 @@ func TestRemoveClosing(t *testing.T) {
 	barrier(t, p, ln)
 	serverA.Close()
 
-	var reused, peer net.Conn
-	for i := 0; i < 256 && reused == nil; i++ {
-		c, s := tcpPair(t, ln)
-		switch oldfd {
-		case sysfd(t, c):
-			reused, peer = c, s
-		case sysfd(t, s):
-			reused, peer = s, c
-		}
-	}
-	if reused == nil {
-		t.Fatalf("fd %d was not reused by 256 new connections", oldfd)
-	}
+	reused, peer := reuseFD(t, ln, oldfd)
 	got := make(chan byte, 1)
 	dB, err := p.Add(reused, func(d *Desc, ev Event) bool {
 		var b [1]byte
