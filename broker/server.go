@@ -321,7 +321,7 @@ func isTemporary(err error) bool {
 }
 
 // accepted is a connection for a handshake goroutine, with its peer's
-// address when the accept gave it (acceptRaw).
+// address when the accept gave it (tcpListener.acceptPeer).
 type accepted struct {
 	c    net.Conn
 	peer netip.Addr
