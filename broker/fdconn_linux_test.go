@@ -45,6 +45,20 @@ func fdPair(t *testing.T) (*fdConn, net.Conn) {
 	return fc, client
 }
 
+// awaitClosed waits for the error of a call (op) that was blocked when its
+// conn or listener was closed: net.ErrClosed, within 5 s.
+func awaitClosed(t *testing.T, op string, errc <-chan error) {
+	t.Helper()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("%s after close: %v; want net.ErrClosed", op, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s still blocked 5s after close", op)
+	}
+}
+
 func TestFDConnReadWrite(t *testing.T) {
 	fc, client := fdPair(t)
 	if _, err := client.Write([]byte("hello")); err != nil {
@@ -95,14 +109,7 @@ func TestFDConnCloseDuringRead(t *testing.T) {
 	if err := fc.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("read after close: %v; want net.ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatalf("read still blocked 5s after close")
-	}
+	awaitClosed(t, "read", errc)
 	if err := fc.Close(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second close: %v; want net.ErrClosed", err)
 	}
@@ -193,14 +200,7 @@ func TestListenAcceptPeer(t *testing.T) {
 	if err := ln.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("accept after close: %v, want net.ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Accept still waiting after Close")
-	}
+	awaitClosed(t, "accept", done)
 	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
 		c.Close()
 		t.Fatal("dial after Close succeeded: the socket is still listening")

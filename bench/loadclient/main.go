@@ -487,8 +487,9 @@ func dialWS(dl *dialer, rawURL, tok string) (*wsConn, error) {
 }
 
 // fanOut subscribes every connection to "bench", waits for every ack and
-// then quiet, then publishes msgs messages from the first connection, each carrying its send
-// time in nanoseconds, and records when each subscriber received each.
+// then for quiet, then publishes msgs messages from the first connection,
+// each carrying its send time in nanoseconds, and records when each
+// subscriber received each.
 func fanOut(conns []*wsConn, msgs int, gap, quiet time.Duration, res *holdResult) error {
 	n := len(conns)
 	var acked sync.WaitGroup
