@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/wsbroker/wsbroker/authn"
@@ -89,15 +88,54 @@ func flush(t *testing.T, l *Log) {
 	}
 }
 
-// countBySubject returns the number of stored messages per subject.
+// countBySubject returns the number of stored events per subject (a
+// message holds a batch of them).
 func countBySubject(t *testing.T, l *Log) map[string]uint64 {
 	t.Helper()
-	info, err := l.Stream().Info(testContext(t), jetstream.WithSubjectFilter(SubjectPrefix+">"))
+	out := map[string]uint64{}
+	if err := l.Replay(testContext(t), Query{}, func(r *Record) error {
+		out[Subject(r.Event.Node, r.Event.Type)]++
+		return nil
+	}); err != nil {
+		t.Fatalf("Replay: %v",
+			err)
+	}
+	return out
+}
+
+// checkOrder fails t unless the events of each type, and of each
+// connection, are stored in the order of their node sequence (the order
+// observed).
+func checkOrder(t *testing.T, recs []Record) {
+	t.Helper()
+	byType := map[event.Type]uint64{}
+	byConn := map[connKey]uint64{}
+	for _, r := range recs {
+		e := &r.Event
+		if prev, ok := byType[e.Type]; ok && e.Seq <= prev {
+			t.Fatalf("%s %d stored after %d", e.Type, e.Seq, prev)
+		}
+		byType[e.Type] = e.Seq
+		if e.ConnID == 0 {
+			continue
+		}
+		k := connKey{e.Node, e.Epoch, e.ConnID}
+		if prev, ok := byConn[k]; ok && e.Seq <= prev {
+			t.Fatalf("connection %d: %s %d stored after its event %d", e.ConnID, e.Type, e.Seq, prev)
+		}
+		byConn[k] = e.Seq
+	}
+}
+
+// lastSeq returns the stream's last sequence.
+func lastSeq(t *testing.T, l *Log) uint64 {
+	t.Helper()
+	info, err := l.Stream().Info(testContext(t))
 	if err != nil {
 		t.Fatalf("stream info: %v",
 			err)
 	}
-	return info.State.Subjects
+	return info.State.LastSeq
 }
 
 // storedIDs returns how many times each event id is stored.

@@ -136,8 +136,7 @@ func ParseQuery(get func(string) string) (Query, error) {
 		}
 		q.Reason = s
 	}
-	var err error
-	if q.SinceSeq, q.SinceTime, err = ParseSince(get("since")); err != nil {
+	if err := q.ParseSince(get("since")); err != nil {
 		return q, err
 	}
 	if s := get("limit"); s != "" {

@@ -239,7 +239,7 @@ func TestDroppedCloseLeavesNoGhost(t *testing.T) {
 			got)
 	}
 	// The queued open is appended and comes back through the stream.
-	l.proj.Apply(7, open)
+	l.proj.Apply(7, 0, open)
 	if p := l.proj.Presence(); p.Connections != 0 {
 		t.Fatalf("presence %+v after the dropped close, want no connection",
 			p)

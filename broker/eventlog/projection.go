@@ -17,10 +17,14 @@ const RecentRejections = 1000
 
 // Projection is the fold of the event log into presence, the connection
 // list and recent rejections. Apply must see events in stream order; it is
-// idempotent per stream sequence, so a replay that overlaps is harmless.
+// idempotent per position (stream sequence, index in the message), so a
+// replay that overlaps is harmless.
 type Projection struct {
-	mu        sync.RWMutex
+	mu sync.RWMutex
+	// seq and idx are the position of the last applied event; idx is
+	// wholeMessage once all of seq's message is.
 	seq       uint64
+	idx       int
 	conns     map[connKey]*connState
 	bySubject map[string]int
 	byChannel map[string]map[string]int // channel -> subject -> connections
@@ -107,6 +111,9 @@ func NewProjection() *Projection {
 	}
 }
 
+// wholeMessage is the index past any event of a message.
+const wholeMessage = int(^uint(0) >> 1)
+
 // Seq returns the stream sequence of the last applied event.
 func (p *Projection) Seq() uint64 {
 	p.mu.RLock()
@@ -114,26 +121,26 @@ func (p *Projection) Seq() uint64 {
 	return p.seq
 }
 
-// Advance records that the stream's event at seq was folded in already
-// (this node's own, applied when its append was acknowledged).
+// Advance records that the stream's message at seq was folded in already
+// (this node's own events, applied when their append was acknowledged).
 func (p *Projection) Advance(seq uint64) {
 	p.mu.Lock()
-	if seq > p.seq {
-		p.seq = seq
+	if seq > p.seq || seq == p.seq && p.idx < wholeMessage {
+		p.seq, p.idx = seq, wholeMessage
 	}
 	p.mu.Unlock()
 }
 
-// Apply folds the event at stream sequence seq into the projection; seq 0
-// means "no sequence" (always applied).
-func (p *Projection) Apply(seq uint64, e *event.Event) {
+// Apply folds the event at stream sequence seq, index idx of its message,
+// into the projection; seq 0 means "no position" (always applied).
+func (p *Projection) Apply(seq uint64, idx int, e *event.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if seq != 0 {
-		if seq <= p.seq {
+		if seq < p.seq || seq == p.seq && idx <= p.idx {
 			return
 		}
-		p.seq = seq
+		p.seq, p.idx = seq, idx
 	}
 	k := connKey{e.Node, e.Epoch, e.ConnID}
 	switch e.Type {
@@ -216,7 +223,7 @@ func (p *Projection) closeNodeLocked(node string, match func(epoch uint64) bool)
 // (its queue was full). A dropped close is remembered, so that the open
 // still on its way through the stream does not bring the connection back.
 func (p *Projection) ApplyDropped(e *event.Event) {
-	p.Apply(0, e)
+	p.Apply(0, 0, e)
 	if e.Type != event.TypeConnectionClosed {
 		return
 	}

@@ -15,15 +15,132 @@ import (
 	"github.com/wsbroker/wsbroker/telemetry/event"
 )
 
-// pending is one append in flight.
-type pending struct {
-	ev *event.Event
+// group is one message of the log: a CloudEvents JSON batch of events of
+// one type and node, in the order they were observed, appended to that
+// type's subject (grouper).
+type group struct {
+	typ  event.Type
+	node string
+	evs  []*event.Event
+	// buf is the batch without its closing bracket.
+	buf []byte
+	// id is the Nats-Msg-Id: the first event's id, stable across retries.
+	id string
 	// token ends the reply subject of the latest attempt.
 	token    uint64
 	answered bool
 	err      error
 	// seq is the stream sequence the ack gave.
 	seq uint64
+}
+
+// grouper splits an appender batch into groups, the fewest messages that
+// keep the subjects per type and every order a fold depends on: the events
+// of one connection stay in order across groups (an open before its
+// subscriptions before its close; an unsubscribe and a subscribe again),
+// and a node.started or node.stopped is a barrier nothing moves across.
+// Other events may move ahead of events of another type observed before
+// them within the batch (at most batchLinger apart). Groups are published,
+// acknowledged and folded in the order they were made.
+type grouper struct {
+	groups []group
+	n      int
+	// open is the latest group of each type; an event joins it unless that
+	// would move it ahead of an earlier event of its connection or across
+	// a barrier.
+	open    [event.NumTypes]int
+	last    map[connKey]int
+	barrier int
+	scratch []byte
+}
+
+// maxGroupBytes bounds a group's message; a smaller server max_payload or
+// stream max_msg_size bounds it further.
+const maxGroupBytes = 256 << 10
+
+// groupLimit is the largest message the grouper makes.
+func (l *Log) groupLimit() int {
+	limit := maxGroupBytes
+	// Room for the headers, and for the subject in max_msg_size.
+	for _, m := range []int{int(l.nc.MaxPayload()), l.maxMsg} {
+		if m -= 1 << 10; m > 0 && m < limit {
+			limit = m
+		}
+	}
+	return limit
+}
+
+// build groups batch into messages of at most limit bytes (an event larger
+// than that alone). An event that cannot be encoded is left out and passed
+// to lost.
+func (g *grouper) build(batch []event.Event, limit int, lost func(*event.Event, error)) []group {
+	if g.last == nil {
+		g.last = map[connKey]int{}
+	}
+	clear(g.last)
+	g.n, g.barrier = 0, 0
+	for i := range g.open {
+		g.open[i] = -1
+	}
+	for i := range batch {
+		e := &batch[i]
+		var err error
+		if g.scratch, err = e.AppendJSON(g.scratch[:0]); err != nil {
+			lost(e, err)
+			continue
+		}
+		barrier := e.Type == event.TypeNodeStarted || e.Type == event.TypeNodeStopped || e.Type >= event.NumTypes
+		key := connKey{e.Node, e.Epoch, e.ConnID}
+		gi := -1
+		if !barrier {
+			if j := g.open[e.Type]; j >= 0 && j >= g.barrier {
+				gr := &g.groups[j]
+				prev, seen := g.last[key]
+				if gr.node == e.Node && gr.evs[0].Epoch == e.Epoch && len(gr.buf)+len(g.scratch)+2 <= limit && (e.ConnID == 0 || !seen || prev <= j) {
+					gi = j
+				}
+			}
+		}
+		if gi < 0 {
+			gi = g.add(e)
+			if barrier {
+				g.barrier = gi
+			} else {
+				g.open[e.Type] = gi
+			}
+		}
+		gr := &g.groups[gi]
+		if len(gr.evs) > 0 {
+			gr.buf = append(gr.buf, ',')
+		}
+		gr.buf = append(gr.buf, g.scratch...)
+		gr.evs = append(gr.evs, e)
+		if e.ConnID != 0 {
+			g.last[key] = gi
+		}
+	}
+	return g.groups[:g.n]
+}
+
+// add starts a group with e as its first event.
+func (g *grouper) add(e *event.Event) int {
+	if g.n == len(g.groups) {
+		g.groups = append(g.groups, group{})
+	}
+	gr := &g.groups[g.n]
+	*gr = group{typ: e.Type, node: e.Node, evs: gr.evs[:0], buf: append(gr.buf[:0], '['), id: e.ID()}
+	g.n++
+	return g.n - 1
+}
+
+// release drops the groups' references to the batch's events, keeping
+// their buffers.
+func (g *grouper) release() {
+	for i := range g.groups[:g.n] {
+		clear(g.groups[i].evs)
+		g.groups[i].evs = g.groups[i].evs[:0]
+	}
+	g.n = 0
 }
 
 // acker publishes appends and collects the stream's answers on one
@@ -42,7 +159,6 @@ type acker struct {
 	// Reused for every publish: nats.Conn.PublishMsg copies the message
 	// into its write buffer before it returns.
 	msg    nats.Msg
-	buf    []byte
 	reply  []byte
 	tagged bool // with the node and epoch headers
 	epoch  uint64
@@ -53,7 +169,7 @@ type acker struct {
 }
 
 // ackBuffer bounds the answers waiting to be read. The appender has at
-// most maxBatch appends in flight; late answers to earlier attempts may
+// most maxBatch appends (groups) in flight; late answers to earlier attempts may
 // add some. An answer that does not fit is dropped by nats.go (a slow
 // consumer): its append times out and is retried, and the stream keeps one
 // copy.
@@ -71,7 +187,10 @@ func (l *Log) acker() (*acker, error) {
 	if a == nil {
 		a = &acker{ch: make(chan *nats.Msg, ackBuffer), timer: time.NewTimer(time.Hour)}
 		a.timer.Stop()
-		a.msg.Header = nats.Header{jetstream.MsgIDHeader: make([]string, 1)}
+		a.msg.Header = nats.Header{
+			jetstream.MsgIDHeader: make([]string, 1),
+			"Content-Type":        {event.BatchContentType},
+		}
 		// The node and epoch headers let a projection consumer skip this
 		// node's own events undecoded. On the embedded store there is no
 		// consumer after the replay (ownCurrent), so they would be ~50
@@ -100,38 +219,31 @@ func (l *Log) closeAcker() {
 	}
 }
 
-// send publishes one attempt of p's append.
-func (a *acker) send(nc *nats.Conn, p *pending) error {
-	e := p.ev
-	// The token first, also for an event that fails to encode: the acks
-	// are matched to the batch by token - first.
-	p.token = a.next
+// send publishes one attempt of a group's append.
+func (a *acker) send(nc *nats.Conn, gr *group) error {
+	gr.token = a.next
 	a.next++
-	var err error
-	a.buf, err = e.AppendJSON(a.buf[:0])
-	if err != nil {
-		return err
+	if gr.node != a.node {
+		a.node, a.subj = gr.node, [event.NumTypes]string{}
 	}
-	if e.Node != a.node {
-		a.node, a.subj = e.Node, [event.NumTypes]string{}
-	}
-	if e.Type < event.NumTypes {
-		if a.subj[e.Type] == "" {
-			a.subj[e.Type] = Subject(e.Node, e.Type)
+	if gr.typ < event.NumTypes {
+		if a.subj[gr.typ] == "" {
+			a.subj[gr.typ] = Subject(gr.node, gr.typ)
 		}
-		a.msg.Subject = a.subj[e.Type]
+		a.msg.Subject = a.subj[gr.typ]
 	} else {
-		a.msg.Subject = Subject(e.Node, e.Type)
+		a.msg.Subject = Subject(gr.node, gr.typ)
 	}
-	if e.Epoch != a.epoch || a.epStr == "" {
-		a.epoch, a.epStr = e.Epoch, strconv.FormatUint(e.Epoch, 10)
+	if ep := gr.evs[0].Epoch; ep != a.epoch || a.epStr == "" {
+		a.epoch, a.epStr = ep, strconv.FormatUint(ep, 10)
 	}
-	a.reply = strconv.AppendUint(append(a.reply[:0], a.prefix...), p.token, 36)
+	a.reply = strconv.AppendUint(append(a.reply[:0], a.prefix...), gr.token, 36)
 	a.msg.Reply = string(a.reply)
-	a.msg.Data = a.buf
-	a.msg.Header[jetstream.MsgIDHeader][0] = e.ID()
+	// The closing bracket goes past buf's length: a retry writes it again.
+	a.msg.Data = append(gr.buf, ']')
+	a.msg.Header[jetstream.MsgIDHeader][0] = gr.id
 	if a.tagged {
-		a.msg.Header[headerNode][0] = e.Node
+		a.msg.Header[headerNode][0] = gr.node
 		a.msg.Header[headerEpoch][0] = a.epStr
 	}
 	return nc.PublishMsg(&a.msg)
@@ -277,87 +389,123 @@ func (l *Log) publish(batch []event.Event) {
 		l.lose(len(batch))
 		return
 	}
-	ps := l.pendings[:0]
-	for i := range batch {
-		ps = append(ps, pending{ev: &batch[i]})
+	dropped := 0
+	groups := l.grp.build(batch, l.groupLimit(), func(e *event.Event, err error) {
+		l.log.Warn("eventlog: event not encodable", "type", e.Type.String(), "err", err)
+		l.lostOne(e)
+		dropped++
+	})
+	defer l.grp.release()
+	l.markDone(dropped)
+	gs := l.inflight[:0]
+	for i := range groups {
+		gs = append(gs, &groups[i])
 	}
+	l.inflight = gs
 	backoff := 50 * time.Millisecond
-	for len(ps) > 0 {
-		lastErr := l.attempt(ps)
-		failed := ps[:0]
-		acked := 0
-		for _, p := range ps {
+	for len(gs) > 0 {
+		lastErr := l.attempt(gs)
+		// Allocated only on a failure; a split can make it longer than gs.
+		var failed []*group
+		done := 0
+		for _, gr := range gs {
 			switch {
-			case p.err == nil:
-				acked++
-				if l.proj != nil && l.ownCurrent(p.ev) {
-					// Always folded (a retried append's duplicate ack may
-					// come after later ones). The sequence advances here
-					// only on the embedded NATS, where this log is the only
-					// writer: on a shared one, the consumer may not have
-					// delivered another node's event stored just before,
-					// and advancing past it would make Apply skip it.
-					l.proj.Apply(0, p.ev)
-					if l.ns != nil {
-						l.proj.Advance(p.seq)
+			case gr.err == nil:
+				done += len(gr.evs)
+				if l.proj == nil {
+					break
+				}
+				for _, e := range gr.evs {
+					if l.ownCurrent(e) {
+						// Always folded (a retried append's duplicate ack
+						// may come after later ones).
+						l.proj.Apply(0, 0, e)
 					}
 				}
-			case tooLarge(p.err):
+				// The sequence advances here only on the embedded NATS,
+				// where this log is the only writer: on a shared one, the
+				// consumer may not have delivered another node's message
+				// stored just before, and advancing past it would make
+				// the fold skip it.
+				if l.ns != nil {
+					l.proj.Advance(gr.seq)
+				}
+			case tooLarge(gr.err) && len(gr.evs) > 1:
+				// Over a limit the grouper did not know (the stream's
+				// max_msg_size changed): the events go one per message.
+				failed = append(failed, singles(gr)...)
+			case tooLarge(gr.err):
 				// Never going to fit: retrying would wedge the appender.
-				l.log.Warn("eventlog: event too large for NATS", "subject", Subject(p.ev.Node, p.ev.Type), "err", p.err)
-				l.lostOne(p.ev)
-				acked++
-			case unencodable(p.err):
-				l.log.Warn("eventlog: event not encodable", "type", p.ev.Type.String(), "err", p.err)
-				l.lostOne(p.ev)
-				acked++
+				l.log.Warn("eventlog: event too large for NATS", "subject", Subject(gr.node, gr.typ),
+					"bytes", len(gr.buf)+1, "err", gr.err)
+				l.lostOne(gr.evs[0])
+				done++
 			default:
-				failed = append(failed, p)
+				failed = append(failed, gr)
 			}
 		}
-		l.markDone(acked)
-		ps = failed
-		if len(ps) == 0 {
+		l.markDone(done)
+		gs = failed
+		if len(gs) == 0 {
 			break
 		}
 		if l.hardStop.Err() != nil {
-			l.lose(len(ps))
+			l.lose(events(gs))
 			break
 		}
 		// The run loop's housekeeping waits for this batch: keep the
 		// backlog visible while NATS (or its disk) is failing.
 		l.queueDepth()
-		l.log.Warn("eventlog: append failed, retrying", "events", len(ps), "err", lastErr, "backoff", backoff.String())
+		l.log.Warn("eventlog: append failed, retrying", "events", events(gs), "messages", len(gs), "err", lastErr, "backoff", backoff.String())
 		select {
 		case <-time.After(backoff):
 		case <-l.hardStop.Done():
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
-	// Keep the slice, not the events it points to.
-	clear(l.pendings[:cap(l.pendings)])
-	l.pendings = ps[:0]
+	// Keep the slice, not the groups it points to.
+	clear(l.inflight)
+	l.inflight = l.inflight[:0]
 }
 
-// attempt publishes every append of ps once and waits for their answers,
+// singles splits a group into one group per event, in order.
+func singles(gr *group) []*group {
+	out := make([]*group, 0, len(gr.evs))
+	for _, e := range gr.evs {
+		// It encoded before, into gr.
+		b, _ := e.AppendJSON([]byte{'['})
+		out = append(out, &group{typ: gr.typ, node: gr.node, evs: []*event.Event{e}, buf: b, id: e.ID()})
+	}
+	return out
+}
+
+// events counts the events of gs.
+func events(gs []*group) int {
+	n := 0
+	for _, gr := range gs {
+		n += len(gr.evs)
+	}
+	return n
+}
+
+// attempt publishes every group of gs once and waits for their answers,
 // at most the publish timeout; it sets each one's err and returns the last
 // error of a failed one.
-func (l *Log) attempt(ps []pending) (lastErr error) {
+func (l *Log) attempt(gs []*group) (lastErr error) {
 	a, err := l.acker()
 	if err != nil {
-		for i := range ps {
-			ps[i].err = err
+		for _, gr := range gs {
+			gr.err = err
 		}
 		return err
 	}
 	first := a.next
 	waiting := 0
-	for i := range ps {
-		p := &ps[i]
-		p.answered, p.err = false, nil
-		if p.err = a.send(l.nc, p); p.err != nil {
-			p.answered = true
-			lastErr = p.err
+	for _, gr := range gs {
+		gr.answered, gr.err = false, nil
+		if gr.err = a.send(l.nc, gr); gr.err != nil {
+			gr.answered = true
+			lastErr = gr.err
 			continue
 		}
 		waiting++
@@ -371,43 +519,36 @@ func (l *Log) attempt(ps []pending) (lastErr error) {
 		select {
 		case m := <-a.ch:
 			t, ok := a.tokenOf(m)
-			if !ok || t < first || t-first >= uint64(len(ps)) {
+			if !ok || t < first || t-first >= uint64(len(gs)) {
 				continue // an answer to an earlier attempt
 			}
-			p := &ps[t-first]
-			if p.answered || p.token != t {
+			gr := gs[t-first]
+			if gr.answered || gr.token != t {
 				continue
 			}
-			p.seq, p.err = ackOf(m)
-			p.answered = true
-			if p.err != nil {
-				lastErr = p.err
+			gr.seq, gr.err = ackOf(m)
+			gr.answered = true
+			if gr.err != nil {
+				lastErr = gr.err
 			}
 			waiting--
 		case <-a.timer.C:
-			return unanswered(ps, errAckTimeout)
+			return unanswered(gs, errAckTimeout)
 		case <-l.hardStop.Done():
-			return unanswered(ps, l.hardStop.Err())
+			return unanswered(gs, l.hardStop.Err())
 		}
 	}
 	return lastErr
 }
 
-// unanswered fails the appends of ps still waiting for an answer with err.
-func unanswered(ps []pending, err error) error {
-	for i := range ps {
-		if !ps[i].answered {
-			ps[i].answered, ps[i].err = true, err
+// unanswered fails the groups of gs still waiting for an answer with err.
+func unanswered(gs []*group, err error) error {
+	for _, gr := range gs {
+		if !gr.answered {
+			gr.answered, gr.err = true, err
 		}
 	}
 	return err
-}
-
-// unencodable reports an event that cannot be written as JSON (a time
-// outside years 0–9999): retrying cannot help.
-func unencodable(err error) bool {
-	var ee *event.EncodeError
-	return errors.As(err, &ee)
 }
 
 // tooLarge reports an append that no retry can fix: the message exceeds the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,11 +28,12 @@ type Query struct {
 	Type event.Type
 	// Reason keeps events whose reason or close reason has this label.
 	Reason string
-	// SinceSeq starts at this stream sequence (inclusive); SinceTime at
-	// this time. Neither: from the start of the stream (queries) or from
-	// now on (Tail).
-	SinceSeq  uint64
-	SinceTime time.Time
+	// SinceSeq starts at this stream sequence (inclusive), at event
+	// SinceIndex of its message; SinceTime at this time. Neither: from the
+	// start of the stream (queries) or from now on (Tail).
+	SinceSeq   uint64
+	SinceIndex int
+	SinceTime  time.Time
 	// Limit bounds the events returned; 0 is unbounded for Replay and
 	// DefaultQueryLimit for Events.
 	Limit int
@@ -40,29 +42,69 @@ type Query struct {
 	until uint64
 }
 
-// ParseSince reads a since value: a stream sequence or an RFC 3339 time.
-func ParseSince(s string) (seq uint64, t time.Time, err error) {
+// ParseSince reads a since value into q: a record's sequence
+// ("<stream sequence>" or "<stream sequence>.<index>", see Record) or an
+// RFC 3339 time.
+func (q *Query) ParseSince(s string) error {
+	q.SinceSeq, q.SinceIndex, q.SinceTime = 0, 0, time.Time{}
 	if s == "" {
-		return 0, time.Time{}, nil
+		return nil
 	}
-	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
-		return n, time.Time{}, nil
+	if seq, idx, ok := parseSequence(s); ok {
+		q.SinceSeq, q.SinceIndex = seq, idx
+		return nil
 	}
-	t, err = time.Parse(time.RFC3339Nano, s)
+	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("since %q: neither a stream sequence nor an RFC 3339 time", s)
+		return fmt.Errorf("since %q: neither a sequence (1234 or 1234.5) nor an RFC 3339 time", s)
 	}
-	return 0, t, nil
+	q.SinceTime = t
+	return nil
 }
 
-// Record is one stored event and its stream sequence.
+// parseSequence reads "<stream sequence>" or "<stream sequence>.<index>".
+func parseSequence(s string) (seq uint64, idx int, ok bool) {
+	num, frac, dotted := strings.Cut(s, ".")
+	seq, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	if dotted {
+		n, err := strconv.ParseUint(frac, 10, 31)
+		if err != nil {
+			return 0, 0, false
+		}
+		idx = int(n)
+	}
+	return seq, idx, true
+}
+
+// Record is one stored event and its position: the stream sequence of its
+// message and its index in that message.
 type Record struct {
 	Seq   uint64
+	Index int
 	Event event.Event
 }
 
-// MarshalJSON encodes the event as CloudEvents JSON with the stream
-// sequence as the `sequence` extension attribute (the CloudEvents sequence
+// Sequence is the record's position as text: the stream sequence, and
+// ".<index>" after it for any event but a message's first ("1234",
+// "1234.1", ...). It is what a since takes to start at this record.
+func (r *Record) Sequence() string {
+	return string(r.appendSequence(nil))
+}
+
+func (r *Record) appendSequence(b []byte) []byte {
+	b = strconv.AppendUint(b, r.Seq, 10)
+	if r.Index > 0 {
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(r.Index), 10)
+	}
+	return b
+}
+
+// MarshalJSON encodes the event as CloudEvents JSON with the record's
+// Sequence as the `sequence` extension attribute (the CloudEvents sequence
 // extension, a string).
 func (r *Record) MarshalJSON() ([]byte, error) {
 	b, err := r.Event.MarshalJSON()
@@ -71,7 +113,7 @@ func (r *Record) MarshalJSON() ([]byte, error) {
 	}
 	out := make([]byte, 0, len(b)+32)
 	out = append(out, `{"sequence":"`...)
-	out = strconv.AppendUint(out, r.Seq, 10)
+	out = r.appendSequence(out)
 	out = append(out, `",`...)
 	return append(out, b[1:]...), nil
 }
@@ -85,11 +127,11 @@ func (r *Record) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	if s.Sequence != "" {
-		n, err := strconv.ParseUint(s.Sequence, 10, 64)
-		if err != nil {
-			return fmt.Errorf("sequence %q: %w", s.Sequence, err)
+		seq, idx, ok := parseSequence(s.Sequence)
+		if !ok {
+			return fmt.Errorf("sequence %q: not a record sequence (1234 or 1234.5)", s.Sequence)
 		}
-		r.Seq = n
+		r.Seq, r.Index = seq, idx
 	}
 	return r.Event.UnmarshalJSON(b)
 }
@@ -113,6 +155,26 @@ func (q Query) match(e *event.Event) bool {
 		}
 	}
 	return true
+}
+
+// errLimit ends a walk at its limit.
+var errLimit = errors.New("eventlog: limit reached")
+
+// each calls fn with the matching events of the message at stream sequence
+// seq, from q's since index on when it is the since message, and returns
+// fn's error. An undecodable message, or the rest of one, is skipped as a
+// query skips anything that is not an event.
+func (q Query) each(seq uint64, data []byte, fn func(*Record) error) error {
+	var ferr error
+	_ = event.DecodeBatch(data, func(i int, e *event.Event) error {
+		if seq == q.SinceSeq && i < q.SinceIndex || !q.match(e) {
+			return nil
+		}
+		r := Record{Seq: seq, Index: i, Event: *e}
+		ferr = fn(&r)
+		return ferr
+	})
+	return ferr
 }
 
 func (q Query) filter() string {
@@ -181,15 +243,20 @@ func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error
 			if q.until > 0 && md.Sequence.Stream > q.until {
 				return nil
 			}
-			r := Record{Seq: md.Sequence.Stream}
-			if err := r.Event.UnmarshalJSON(m.Data()); err != nil || !q.match(&r.Event) {
-				continue
-			}
-			if err := fn(&r); err != nil {
-				return err
-			}
-			if found++; q.Limit > 0 && found >= q.Limit {
+			err = q.each(md.Sequence.Stream, m.Data(), func(r *Record) error {
+				if err := fn(r); err != nil {
+					return err
+				}
+				if found++; q.Limit > 0 && found >= q.Limit {
+					return errLimit
+				}
 				return nil
+			})
+			if err == errLimit {
+				return nil
+			}
+			if err != nil {
+				return err
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
@@ -300,17 +367,34 @@ func (l *Log) Tail(ctx context.Context, q Query, fn func(*Record) error) error {
 		if err != nil {
 			continue
 		}
-		r := Record{Seq: md.Sequence.Stream}
-		if err := r.Event.UnmarshalJSON(m.Data()); err != nil || !q.match(&r.Event) {
-			continue
-		}
-		if err := fn(&r); err != nil {
-			return err
-		}
-		if n++; q.Limit > 0 && n >= q.Limit {
+		err = q.each(md.Sequence.Stream, m.Data(), func(r *Record) error {
+			if err := fn(r); err != nil {
+				return err
+			}
+			if n++; q.Limit > 0 && n >= q.Limit {
+				return errLimit
+			}
+			return nil
+		})
+		if err == errLimit {
 			return nil
 		}
+		if err != nil {
+			return err
+		}
 	}
+}
+
+// CountByType returns how many events of each type the stream holds, by
+// the type's subject token (connection_opened, node_stopped, ...). It reads
+// the whole stream: a message holds a batch of events.
+func (l *Log) CountByType(ctx context.Context) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	err := l.Replay(ctx, Query{}, func(r *Record) error {
+		out[typeToken(r.Event.Type)]++
+		return nil
+	})
+	return out, err
 }
 
 // Redact passes the event's free-text fields through redact.Text: the broker

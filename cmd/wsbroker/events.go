@@ -170,7 +170,7 @@ func runEvents(ctx context.Context, o *eventsOptions, mode string, limit int, ou
 		}
 		proj := eventlog.NewProjection()
 		if err := l.Replay(ctx, eventlog.Query{}, func(r *eventlog.Record) error {
-			proj.Apply(r.Seq, &r.Event)
+			proj.Apply(r.Seq, r.Index, &r.Event)
 			return nil
 		}); err != nil {
 			return err
@@ -244,7 +244,7 @@ func (p *eventPrinter) print(r *eventlog.Record) error {
 		detail = append(detail, strconv.Quote(e.Detail))
 	}
 	_, err := fmt.Fprintf(p.w, eventRowFormat,
-		strconv.FormatUint(r.Seq, 10), e.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
+		r.Sequence(), e.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
 		e.Type.Short(), e.Node, sub, reason, source, strings.Join(detail, " "))
 	return err
 }

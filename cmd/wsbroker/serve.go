@@ -148,7 +148,7 @@ func newServeCmd() *cobra.Command {
 	f.StringSliceVar(&o.natsURLs, "nats-url", nil, "NATS URLs (comma list) of a NATS cluster: the event log, and channels shared with the other nodes (docs/cluster.md); default: a single node, NATS embedded on --data-dir")
 	f.DurationVar(&o.eventsMaxAge, "events-max-age", 168*time.Hour, "events older than this are dropped from the log")
 	f.Int64Var(&o.eventsMaxBytes, "events-max-bytes", 1<<30, "the log drops its oldest events beyond this size")
-	f.DurationVar(&o.eventsDedup, "events-dedup-window", eventlog.DefaultDuplicatesWindow, "how long the log remembers an event id to drop a retried append (covers the 5s publish timeout and its retries; each id costs memory in NATS)")
+	f.DurationVar(&o.eventsDedup, "events-dedup-window", eventlog.DefaultDuplicatesWindow, "how long the log remembers a message id to drop a retried append (covers the 5s publish timeout and its retries; each id costs memory in NATS)")
 	f.StringVar(&o.natsCreds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for --nats-url")
 	f.StringVar(&o.natsTLSCA, "nats-tls-ca", "", "PEM file of the CA that signed the NATS servers' certificates (tls:// URLs)")
 	f.IntVar(&o.streamReplicas, "stream-replicas", 1, "replicas of the event stream, the history stream and the node leases on a NATS cluster (3 for a three-server cluster)")

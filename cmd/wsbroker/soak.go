@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/wsbroker/wsbroker/authn"
@@ -954,7 +953,7 @@ func waitUntil(ctx context.Context, d time.Duration, f func() bool) bool {
 }
 
 // storedByType opens the stopped broker's store read-only and counts the
-// stored events by type (subject's last token: connection_opened, ...).
+// stored events by type (the subject token: connection_opened, ...).
 func storedByType(ctx context.Context, dataDir string) (map[string]uint64, error) {
 	octx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -967,13 +966,9 @@ func storedByType(ctx context.Context, dataDir string) (map[string]uint64, error
 		defer cancel()
 		_ = l.Close(cctx)
 	}()
-	info, err := l.Stream().Info(octx, jetstream.WithSubjectFilter(eventlog.SubjectPrefix+">"))
+	out, err := l.CountByType(octx)
 	if err != nil {
-		return nil, fmt.Errorf("soak: stream info: %w", err)
-	}
-	out := map[string]uint64{}
-	for subj, n := range info.State.Subjects {
-		out[subj[strings.LastIndexByte(subj, '.')+1:]] += n
+		return nil, fmt.Errorf("soak: count the stored events: %w", err)
 	}
 	return out, nil
 }

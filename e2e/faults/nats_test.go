@@ -11,9 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wsbroker/wsbroker/broker/eventlog"
 	"github.com/wsbroker/wsbroker/internal/testkit"
 )
 
@@ -47,32 +46,17 @@ func (s *natsServer) stop() {
 }
 
 // counts returns the stored events per type short name
-// (connection_opened, node_stopped, ...).
+// (connection_opened, node_stopped, ...), read as a reader of the log
+// would.
 func (s *natsServer) counts() (map[string]uint64, error) {
-	nc, err := nats.Connect(s.url())
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := js.Stream(ctx, "WSBROKER_EVENTS")
+	l, err := eventlog.Open(ctx, eventlog.Config{NATSURLs: []string{s.url()}, ReadOnly: true, Node: "faults-reader"})
 	if err != nil {
 		return nil, err
 	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter("wsbroker.events.>"))
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]uint64{}
-	for subj, n := range info.State.Subjects {
-		out[subj[strings.LastIndexByte(subj, '.')+1:]] += n
-	}
-	return out, nil
+	defer func() { _ = l.Close(ctx) }()
+	return l.CountByType(ctx)
 }
 
 // wantCounts waits until the stream holds exactly want (types not named
