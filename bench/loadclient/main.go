@@ -326,12 +326,15 @@ func oneHandshake(ctx context.Context, dl *dialer, addr string, req, buf []byte)
 
 // holdResult is one hold run.
 type holdResult struct {
-	Conns          float64 `json:"conns"`
-	DialSeconds    float64 `json:"dial_seconds"`
-	RSSPerConn     float64 `json:"rss_per_conn"`
-	HeapPerConn    float64 `json:"heap_per_conn"`
-	StackPerConn   float64 `json:"stack_per_conn"`
-	GoroutinesPer  float64 `json:"goroutines_per_conn"`
+	Conns         float64 `json:"conns"`
+	DialSeconds   float64 `json:"dial_seconds"`
+	RSSPerConn    float64 `json:"rss_per_conn"`
+	HeapPerConn   float64 `json:"heap_per_conn"`
+	StackPerConn  float64 `json:"stack_per_conn"`
+	GoroutinesPer float64 `json:"goroutines_per_conn"`
+	// *Marginal: the growth from n/2 to n connections per connection.
+	RSSMarginal    float64 `json:"rss_marginal_per_conn"`
+	HeapMarginal   float64 `json:"heap_marginal_per_conn"`
 	FanoutMessages int     `json:"fanout_messages,omitempty"`
 	Deliveries     int     `json:"deliveries,omitempty"`
 	DeliveriesPerS float64 `json:"deliveries_per_sec,omitempty"`
@@ -345,6 +348,54 @@ type holdResult struct {
 	SocketMaxMillis float64 `json:"socket_max_ms,omitempty"`
 	FanoutMissing   int     `json:"fanout_missing,omitempty"`
 	FanoutFirstFail string  `json:"fanout_first_error,omitempty"`
+}
+
+// dialRange dials conns[from:to] with workers concurrent dials.
+func dialRange(dl *dialer, rawURL, tok string, conns []*wsConn, from, to, workers int) error {
+	next := atomic.Int64{}
+	next.Store(int64(from))
+	errc := make(chan error, workers)
+	for range workers {
+		go func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= to {
+					errc <- nil
+					return
+				}
+				c, err := dialWS(dl, rawURL, tok)
+				if err != nil {
+					errc <- fmt.Errorf("connection %d: %w", i, err)
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	var dialErr error
+	for range workers {
+		if err := <-errc; err != nil && dialErr == nil {
+			dialErr = err
+		}
+	}
+	return dialErr
+}
+
+// awaitHeld waits (at most 30s) until the server counts n connections more
+// than before, then settle, and returns its metrics then.
+func awaitHeld(metrics string, before map[string]float64, n int, settle time.Duration) (map[string]float64, error) {
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		m, err := scrape(metrics)
+		if err != nil {
+			return nil, err
+		}
+		if m["wsbroker_connections"] >= before["wsbroker_connections"]+float64(n) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(settle)
+	return scrape(metrics)
 }
 
 func holdCmd(args []string) error {
@@ -384,48 +435,24 @@ func holdCmd(args []string) error {
 			}
 		}
 	}()
+	// Two halves, memory read after each: the second half's growth is the
+	// marginal cost of a connection, without what the server allocates
+	// once (buffers, caches) that the first half already paid for.
 	start := time.Now()
-	var next atomic.Int64
-	errc := make(chan error, *workers)
-	for range *workers {
-		go func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= *n {
-					errc <- nil
-					return
-				}
-				c, err := dialWS(dl, *rawURL, tok)
-				if err != nil {
-					errc <- fmt.Errorf("connection %d: %w", i, err)
-					return
-				}
-				conns[i] = c
-			}
-		}()
+	half := *n / 2
+	if err := dialRange(dl, *rawURL, tok, conns, 0, half, *workers); err != nil {
+		return err
 	}
-	var dialErr error
-	for range *workers {
-		if err := <-errc; err != nil && dialErr == nil {
-			dialErr = err
-		}
+	mid, err := awaitHeld(*metrics, before, half, *settle)
+	if err != nil {
+		return err
 	}
-	if dialErr != nil {
-		return dialErr
+	if err := dialRange(dl, *rawURL, tok, conns, half, *n, *workers); err != nil {
+		return err
 	}
 	res := holdResult{DialSeconds: time.Since(start).Seconds()}
-	var after map[string]float64
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if after, err = scrape(*metrics); err != nil {
-			return err
-		}
-		if after["wsbroker_connections"] >= before["wsbroker_connections"]+float64(*n) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(*settle)
-	if after, err = scrape(*metrics); err != nil {
+	after, err := awaitHeld(*metrics, before, *n, *settle)
+	if err != nil {
 		return err
 	}
 	held := after["wsbroker_connections"] - before["wsbroker_connections"]
@@ -433,10 +460,15 @@ func holdCmd(args []string) error {
 		return fmt.Errorf("server counts %v connections after %d dials", held, *n)
 	}
 	res.Conns = held
-	res.RSSPerConn = (after["process_resident_memory_bytes"] - before["process_resident_memory_bytes"]) / held
-	res.HeapPerConn = (after["go_memstats_heap_inuse_bytes"] - before["go_memstats_heap_inuse_bytes"]) / held
-	res.StackPerConn = (after["go_memstats_stack_inuse_bytes"] - before["go_memstats_stack_inuse_bytes"]) / held
-	res.GoroutinesPer = (after["go_goroutines"] - before["go_goroutines"]) / held
+	per := func(m string) float64 { return (after[m] - before[m]) / held }
+	res.RSSPerConn = per("process_resident_memory_bytes")
+	res.HeapPerConn = per("go_memstats_heap_inuse_bytes")
+	res.StackPerConn = per("go_memstats_stack_inuse_bytes")
+	res.GoroutinesPer = per("go_goroutines")
+	if second := held - (mid["wsbroker_connections"] - before["wsbroker_connections"]); second > 0 {
+		res.RSSMarginal = (after["process_resident_memory_bytes"] - mid["process_resident_memory_bytes"]) / second
+		res.HeapMarginal = (after["go_memstats_heap_inuse_bytes"] - mid["go_memstats_heap_inuse_bytes"]) / second
+	}
 	if *fanout > 0 {
 		if err := fanOut(conns, *fanout, *gap, *quiet, &res); err != nil {
 			return err

@@ -196,6 +196,8 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 		h.SocketP50, h.SocketP99 = j["socket_p50_ms"], j["socket_p99_ms"]
 		res.add(v.name, "rss_per_conn", round, h.RSS)
 		res.add(v.name, "heap_per_conn", round, h.Heap)
+		res.add(v.name, "rss_marginal_per_conn", round, j["rss_marginal_per_conn"])
+		res.add(v.name, "heap_marginal_per_conn", round, j["heap_marginal_per_conn"])
 		res.add(v.name, "goroutines_per_conn", round, h.Goroutines)
 		if o.fanout > 0 {
 			res.add(v.name, "fanout_deliveries_per_sec", round, h.DeliveriesPerS)
@@ -204,8 +206,8 @@ func (e *env) measure(o options, v variant, round int, res results, raw *bytes.B
 			res.add(v.name, "fanout_socket_p50_ms", round, h.SocketP50)
 			res.add(v.name, "fanout_socket_p99_ms", round, h.SocketP99)
 		}
-		fmt.Printf("  memory: RSS %.0f B/conn, heap %.0f B/conn, %.2f goroutines/conn; fan-out p50 %.1f ms p99 %.1f ms (at the socket: p50 %.1f ms p99 %.1f ms)\n",
-			h.RSS, h.Heap, h.Goroutines, h.P50, h.P99, h.SocketP50, h.SocketP99)
+		fmt.Printf("  memory: RSS %.0f B/conn (%.0f from n/2 to n), heap %.0f B/conn (%.0f), %.2f goroutines/conn; fan-out p50 %.1f ms p99 %.1f ms (at the socket: p50 %.1f ms p99 %.1f ms)\n",
+			h.RSS, j["rss_marginal_per_conn"], h.Heap, j["heap_marginal_per_conn"], h.Goroutines, h.P50, h.P99, h.SocketP50, h.SocketP99)
 	}
 	s, err := v.server(e, round)
 	if err != nil {

@@ -95,6 +95,8 @@ var rows = []row{
 	{"server CPU µs per bad_signature", "cpu-reject-badsig", 1, "≤ accepted"},
 	{"RSS per idle conn (B)", "rss_per_conn", 0, "≤ 2048 (4096 max), ≤ baseline/5"},
 	{"Go heap per idle conn (B)", "heap_per_conn", 0, ""},
+	{"RSS per idle conn, marginal from n/2 to n (B)", "rss_marginal_per_conn", 0, ""},
+	{"Go heap per idle conn, marginal from n/2 to n (B)", "heap_marginal_per_conn", 0, ""},
 	{"goroutines per idle conn", "goroutines_per_conn", 2, ""},
 	{"fan-out deliveries/s", "fanout_deliveries_per_sec", 0, ""},
 	{"fan-out p50 at the subscriber's socket (ms)", "fanout_socket_p50_ms", 1, ""},
