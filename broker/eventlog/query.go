@@ -160,6 +160,32 @@ func (q Query) match(e *event.Event) bool {
 // errLimit ends a walk at its limit.
 var errLimit = errors.New("eventlog: limit reached")
 
+// limited wraps fn to end the walk with errLimit after n records (0: no
+// limit).
+func limited(fn func(*Record) error, n int) func(*Record) error {
+	if n <= 0 {
+		return fn
+	}
+	seen := 0
+	return func(r *Record) error {
+		if err := fn(r); err != nil {
+			return err
+		}
+		if seen++; seen >= n {
+			return errLimit
+		}
+		return nil
+	}
+}
+
+// ended is a walk's result: nil at its limit, else fn's error.
+func ended(err error) error {
+	if err == errLimit {
+		return nil
+	}
+	return err
+}
+
 // each calls fn with the matching events of the message at stream sequence
 // seq, from q's since index on when it is the since message, and returns
 // fn's error. An undecodable message, or the rest of one, is skipped as a
@@ -223,7 +249,7 @@ func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error
 		_ = l.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
 	}()
 	remaining := cons.CachedInfo().NumPending
-	found := 0
+	fn = limited(fn, q.Limit)
 	for remaining > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -243,20 +269,8 @@ func (l *Log) Replay(ctx context.Context, q Query, fn func(*Record) error) error
 			if q.until > 0 && md.Sequence.Stream > q.until {
 				return nil
 			}
-			err = q.each(md.Sequence.Stream, m.Data(), func(r *Record) error {
-				if err := fn(r); err != nil {
-					return err
-				}
-				if found++; q.Limit > 0 && found >= q.Limit {
-					return errLimit
-				}
-				return nil
-			})
-			if err == errLimit {
-				return nil
-			}
-			if err != nil {
-				return err
+			if err := q.each(md.Sequence.Stream, m.Data(), fn); err != nil {
+				return ended(err)
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
@@ -354,7 +368,7 @@ func (l *Log) Tail(ctx context.Context, q Query, fn func(*Record) error) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
-	n := 0
+	fn = limited(fn, q.Limit)
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -367,20 +381,8 @@ func (l *Log) Tail(ctx context.Context, q Query, fn func(*Record) error) error {
 		if err != nil {
 			continue
 		}
-		err = q.each(md.Sequence.Stream, m.Data(), func(r *Record) error {
-			if err := fn(r); err != nil {
-				return err
-			}
-			if n++; q.Limit > 0 && n >= q.Limit {
-				return errLimit
-			}
-			return nil
-		})
-		if err == errLimit {
-			return nil
-		}
-		if err != nil {
-			return err
+		if err := q.each(md.Sequence.Stream, m.Data(), fn); err != nil {
+			return ended(err)
 		}
 	}
 }
