@@ -52,7 +52,7 @@ func newEventsCmd() *cobra.Command {
 	f.StringVar(&o.dataDir, "data-dir", defaultDataDir, "data dir of a stopped broker's embedded event store")
 	f.StringVar(&o.typ, "type", "", "only events of this type (e.g. upgrade.rejected, wsbroker.connection.closed)")
 	f.StringVar(&o.reason, "reason", "", "only events with this reason or close reason (e.g. expired, slow_consumer)")
-	f.StringVar(&o.since, "since", "", "start at this stream sequence (inclusive) or RFC 3339 time (default: tail from now, query the most recent, replay from the start)")
+	f.StringVar(&o.since, "since", "", "start at this position (inclusive: a SEQ value such as 1234 or 1234.5) or RFC 3339 time (default: tail from now, query the most recent, replay from the start)")
 	f.BoolVar(&o.json, "json", false, "print CloudEvents JSON (one per line; query prints a JSON array) instead of a table")
 
 	run := func(mode string, limit *int) func(cmd *cobra.Command, _ []string) error {
