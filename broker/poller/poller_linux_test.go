@@ -63,44 +63,52 @@ func reuseFD(t testing.TB, ln net.Listener, fd int) (reused, peer net.Conn) {
 	return nil, nil
 }
 
-func TestAddReusedFd(t *testing.T) {
-	p := newPoller(t, Config{
-		Workers: 1,
-	})
-	ln := newListener(t)
-	_, serverA := tcpPair(t, ln)
-	var callsA atomic.Int32
-	dA, err := p.Add(serverA, func(d *Desc, ev Event) bool {
-		callsA.Add(1)
+// addCounting adds c with a handler that only counts its calls.
+func addCounting(t *testing.T, p *Poller, c net.Conn, what string) (*Desc, *atomic.Int32) {
+	t.Helper()
+	calls := new(atomic.Int32)
+	d, err := p.Add(c, func(*Desc, Event) bool {
+		calls.Add(1)
 		return true
 	})
 	if err != nil {
-		t.Fatalf(
-			"add A: %v",
-			err,
-		)
+		t.Fatalf("add %s: %v", what, err)
 	}
-	oldfd := dA.fd
-	// The caller's bug: closed without Remove.
-	serverA.Close()
+	return d, calls
+}
 
-	reused, peer := reuseFD(t, ln, oldfd)
+// addByteReader adds c with a handler that reads one byte per call and
+// sends it on the channel it returns.
+func addByteReader(t *testing.T, p *Poller, c net.Conn, what string) (*Desc, <-chan byte) {
+	t.Helper()
 	got := make(chan byte, 1)
-	dB, err := p.Add(reused, func(d *Desc, ev Event) bool {
+	d, err := p.Add(c, func(d *Desc, _ Event) bool {
 		var b [1]byte
-		_, err := d.Conn().Read(b[:])
-		if err != nil {
+		if _, err := d.Conn().Read(b[:]); err != nil {
 			return false
 		}
 		got <- b[0]
 		return true
 	})
 	if err != nil {
-		t.Fatalf(
-			"add B on reused fd %d: %v",
-			oldfd, err,
-		)
+		t.Fatalf("add %s: %v", what, err)
 	}
+	return d, got
+}
+
+func TestAddReusedFd(t *testing.T) {
+	p := newPoller(t, Config{
+		Workers: 1,
+	})
+	ln := newListener(t)
+	_, serverA := tcpPair(t, ln)
+	dA, callsA := addCounting(t, p, serverA, "A")
+	oldfd := dA.fd
+	// The caller's bug: closed without Remove.
+	serverA.Close()
+
+	reused, peer := reuseFD(t, ln, oldfd)
+	dB, got := addByteReader(t, p, reused, fmt.Sprintf("B on reused fd %d", oldfd))
 	if dA.state.Load() != stateRemoved {
 		t.Fatalf(
 			"stale Desc state = %d; want removed (%d)",
@@ -108,8 +116,7 @@ func TestAddReusedFd(t *testing.T) {
 		)
 	}
 	// A late Remove of the stale Desc must not touch the new one.
-	err = p.Remove(dA)
-	if err != nil {
+	if err := p.Remove(dA); err != nil {
 		t.Fatalf(
 			"Remove stale Desc: %v",
 			err,
@@ -224,14 +231,7 @@ func TestRemoveClosing(t *testing.T) {
 	p := newPoller(t, Config{Workers: 1})
 	ln := newListener(t)
 	clientA, serverA := tcpPair(t, ln)
-	var callsA atomic.Int32
-	dA, err := p.Add(serverA, func(d *Desc, ev Event) bool {
-		callsA.Add(1)
-		return true
-	})
-	if err != nil {
-		t.Fatalf("add A: %v", err)
-	}
+	dA, callsA := addCounting(t, p, serverA, "A")
 	oldfd := dA.fd
 	if err := p.RemoveClosing(dA); err != nil {
 		t.Fatalf("RemoveClosing: %v", err)
@@ -241,18 +241,7 @@ func TestRemoveClosing(t *testing.T) {
 	serverA.Close()
 
 	reused, peer := reuseFD(t, ln, oldfd)
-	got := make(chan byte, 1)
-	dB, err := p.Add(reused, func(d *Desc, ev Event) bool {
-		var b [1]byte
-		if _, err := d.Conn().Read(b[:]); err != nil {
-			return false
-		}
-		got <- b[0]
-		return true
-	})
-	if err != nil {
-		t.Fatalf("add B on reused fd %d: %v (the registration outlived the close)", oldfd, err)
-	}
+	dB, got := addByteReader(t, p, reused, fmt.Sprintf("B on reused fd %d (the registration outlived the close)", oldfd))
 	if s := slot(p, oldfd); s != dB {
 		t.Fatalf("table[%d] = %p; want the new Desc %p", oldfd, s, dB)
 	}
